@@ -28,6 +28,17 @@ public static class TestApp
 
         app.MapGet("/item/{i:int}", (int i) => Results.Text($"item {i}"));
 
+        // n deterministic bytes (Client.RandomBytes(n, seed: n)), written in 16 KiB pieces.
+        app.MapGet("/bytes/{n:int}", async (HttpContext ctx, int n) =>
+        {
+            byte[] data = Client.RandomBytes(n, seed: n);
+            ctx.Response.ContentLength = n;
+            for (int offset = 0; offset < n; offset += 16 * 1024)
+            {
+                await ctx.Response.BodyWriter.WriteAsync(data.AsMemory(offset, Math.Min(16 * 1024, n - offset)), ctx.RequestAborted);
+            }
+        });
+
         // Copies the request body to the response body through the pipes.
         app.MapPost("/echo", async (HttpContext ctx) =>
         {

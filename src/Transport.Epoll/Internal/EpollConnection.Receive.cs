@@ -21,6 +21,7 @@ internal sealed partial class EpollConnection
 #pragma warning disable CA2012
     private ValueTask<FlushResult> _flushTask;
     private bool _readable;
+    private bool _finOrErrorPending;
     private bool _flushPending;
     private bool _readAgainQueued;
     private bool _receiveCompleted;
@@ -67,7 +68,7 @@ internal sealed partial class EpollConnection
             {
                 // A short read drained the socket: on Linux every new segment raises a new edge, so there is no
                 // need to read again only to see EAGAIN (one syscall saved per request).
-                if (received < memory.Length)
+                if (received < memory.Length && !_finOrErrorPending)
                 {
                     _readable = false;
                 }

@@ -108,6 +108,13 @@ internal sealed partial class EpollConnection : ConnectionContext, IEpollHandler
         if ((events & (Libc.EPOLLIN | Libc.EPOLLRDHUP | Libc.EPOLLHUP | Libc.EPOLLERR)) != 0)
         {
             _readable = true;
+            if ((events & (Libc.EPOLLRDHUP | Libc.EPOLLHUP | Libc.EPOLLERR)) != 0)
+            {
+                // The FIN (or an error) is already queued behind the data: no new edge will announce it, so this
+                // time the socket is read until read() says so.
+                _finOrErrorPending = true;
+            }
+
             if (CanReceive)
             {
                 Receive();
