@@ -18,14 +18,14 @@ internal sealed class EpollConnectionListener : IConnectionListener
     private readonly List<ListenSocket> _sockets;
     private readonly List<AcceptRegistration> _registrations = [];
     private readonly string? _unixSocketPath;
-    private readonly Action _onDisposed;
+    private readonly Func<Task> _onDisposed;
     private readonly int _maxPending;
     private int _pending;
     private int _pausedRegistrations;
     private int _unbound;
     private int _disposed;
 
-    private EpollConnectionListener(EndPoint endPoint, List<ListenSocket> sockets, TransportContext context, string? unixSocketPath, Action onDisposed)
+    private EpollConnectionListener(EndPoint endPoint, List<ListenSocket> sockets, TransportContext context, string? unixSocketPath, Func<Task> onDisposed)
     {
         EndPoint = endPoint;
         _sockets = sockets;
@@ -47,7 +47,7 @@ internal sealed class EpollConnectionListener : IConnectionListener
     public int PendingCount => Volatile.Read(ref _pending);
 
     /// <summary>Binds <paramref name="endPoint"/> and registers its socket(s) in every loop.</summary>
-    public static EpollConnectionListener Bind(EndPoint endPoint, EpollThreadGroup group, TransportContext context, Action onDisposed)
+    public static EpollConnectionListener Bind(EndPoint endPoint, EpollThreadGroup group, TransportContext context, Func<Task> onDisposed)
     {
         EpollTransportOptions options = context.Options;
         EpollLoop[] loops = group.Loops;
@@ -197,7 +197,14 @@ internal sealed class EpollConnectionListener : IConnectionListener
         }
 
         // A loop that already stopped removed its registration when it stopped and runs no more work.
-        await Task.WhenAll(removed.Select(t => t.WaitAsync(TimeSpan.FromSeconds(5)))).ConfigureAwait(false);
+        try
+        {
+            await Task.WhenAll(removed).WaitAsync(TimeSpan.FromSeconds(5), cancellationToken).ConfigureAwait(false);
+        }
+        catch (TimeoutException)
+        {
+            // A loop that is stopping runs no more work; it removes its registrations itself as it stops.
+        }
 
         _accepted.Writer.TryComplete();
         while (_accepted.Reader.TryRead(out EpollConnection? connection))
@@ -235,7 +242,7 @@ internal sealed class EpollConnectionListener : IConnectionListener
                 }
             }
 
-            _onDisposed();
+            await _onDisposed().ConfigureAwait(false);
         }
     }
 

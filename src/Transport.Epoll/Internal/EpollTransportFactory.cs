@@ -61,7 +61,7 @@ internal sealed class EpollTransportFactory : IConnectionListenerFactory, IConne
         }
         catch
         {
-            ReleaseLoops();
+            _ = ReleaseLoops();
             throw;
         }
     }
@@ -99,7 +99,7 @@ internal sealed class EpollTransportFactory : IConnectionListenerFactory, IConne
         }
     }
 
-    private void ReleaseLoops()
+    private async Task ReleaseLoops()
     {
         EpollThreadGroup? stopping = null;
         lock (_lock)
@@ -114,7 +114,7 @@ internal sealed class EpollTransportFactory : IConnectionListenerFactory, IConne
         if (stopping is not null)
         {
             // Connections still open (Kestrel has already given up on them) are aborted by their loops.
-            stopping.StopAsync().GetAwaiter().GetResult();
+            await stopping.StopAsync().ConfigureAwait(false);
             EpollLog.LoopsStopped(_context.Logger, stopping.Loops.Length);
         }
     }
