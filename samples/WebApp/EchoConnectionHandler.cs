@@ -15,7 +15,6 @@ public sealed class EchoConnectionHandler : ConnectionHandler
     {
         PipeReader input = connection.Transport.Input;
         PipeWriter output = connection.Transport.Output;
-        Exception? error = null;
         try
         {
             while (true)
@@ -47,12 +46,12 @@ public sealed class EchoConnectionHandler : ConnectionHandler
         }
         catch (Exception e) when (e is ConnectionResetException or ConnectionAbortedException or IOException or OperationCanceledException)
         {
-            // The peer reset or the connection was aborted: nothing left to echo, nobody to tell.
-            error = e;
+            // The peer reset or the connection was aborted: nothing left to echo, nobody to tell. Completing the
+            // output with the exception would report an application failure (and log it) for an ordinary event.
         }
 
-        await input.CompleteAsync(error);
+        await input.CompleteAsync();
         // Completing the output sends what is still buffered, then FIN.
-        await output.CompleteAsync(error);
+        await output.CompleteAsync();
     }
 }

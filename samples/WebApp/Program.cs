@@ -73,6 +73,7 @@ app.MapGet("/plaintext", new RequestDelegate(SampleEndpoints.Plaintext));
 app.MapGet("/json", new RequestDelegate(SampleEndpoints.Json));
 app.MapPost("/echo", new RequestDelegate(SampleEndpoints.Echo));
 app.MapGet("/files/{name}", (string name) => SampleEndpoints.File(name));
+app.MapGet("/connection", SampleEndpoints.Connection);
 
 app.Lifetime.ApplicationStarted.Register(() =>
 {

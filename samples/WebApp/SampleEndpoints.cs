@@ -2,6 +2,7 @@ using System.Buffers;
 using System.Text.Json;
 using System.Text.Json.Serialization;
 using Microsoft.AspNetCore.Http.Features;
+using Transport.Epoll;
 
 namespace WebApp;
 
@@ -69,6 +70,15 @@ internal static class SampleEndpoints
             // The client went away; Kestrel already knows.
         }
     }
+
+    /// <summary>
+    /// What the transport says about this request's connection: HTTP request features fall back to the connection's,
+    /// so <see cref="IEpollConnectionFeature"/> is there on the epoll transport, and absent on Sockets.
+    /// </summary>
+    public static string Connection(HttpContext context)
+        => context.Features.Get<IEpollConnectionFeature>() is { } epoll
+            ? $"transport=epoll connection={context.Connection.Id} id={epoll.Id:x16} fd={epoll.FileDescriptor} loop={epoll.LoopIndex}\n"
+            : $"transport=other connection={context.Connection.Id}\n";
 
     /// <summary>
     /// A file from <see cref="ContentFolder"/>, with Range support. A name that could leave the folder ('/', '\',

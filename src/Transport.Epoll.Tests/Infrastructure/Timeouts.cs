@@ -29,12 +29,16 @@ public static class Timeouts
 public static class Poll
 {
     /// <summary>Polls <paramref name="condition"/> every <paramref name="interval"/> until it holds; false if the deadline passes first.</summary>
-    public static async Task<bool> UntilAsync(Func<bool> condition, TimeSpan? timeout = null, TimeSpan? interval = null)
+    public static Task<bool> UntilAsync(Func<bool> condition, TimeSpan? timeout = null, TimeSpan? interval = null) =>
+        UntilAsync(() => Task.FromResult(condition()), timeout, interval);
+
+    /// <summary>Polls an asynchronous <paramref name="condition"/> until it holds; false if the deadline passes first.</summary>
+    public static async Task<bool> UntilAsync(Func<Task<bool>> condition, TimeSpan? timeout = null, TimeSpan? interval = null)
     {
         var deadline = DateTime.UtcNow + (timeout ?? Timeouts.Default);
         while (true)
         {
-            if (condition())
+            if (await condition())
             {
                 return true;
             }

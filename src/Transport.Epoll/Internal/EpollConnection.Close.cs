@@ -28,6 +28,7 @@ internal sealed partial class EpollConnection
     private Exception? _closeError;
     private int _connectionClosedFired;
     private bool _applicationDisposed;
+    private Timer? _drainTimer;
 
     public override CancellationToken ConnectionClosed
     {
@@ -42,6 +43,9 @@ internal sealed partial class EpollConnection
     /// <summary>Drops pending data and resets the connection (the peer gets a RST), from any thread.</summary>
     public override void Abort(ConnectionAbortedException abortReason)
     {
+        // Kestrel passes null when it aborts a connection whose client went away.
+        abortReason ??= new ConnectionAbortedException("The connection was aborted by the application.");
+
         // Always handed to the loop, even from the loop itself: the caller may be the application running inline
         // inside this connection's read, which must unwind before the fd goes away.
         Loop.Schedule(s_abortOnLoop, (this, abortReason));
@@ -54,13 +58,10 @@ internal sealed partial class EpollConnection
         await _originalTransport.Output.CompleteAsync().ConfigureAwait(false);
         Loop.Schedule(s_disposeOnLoop, this);
 
-        Task closed = _fdClosed.Task;
-        if (!closed.IsCompleted && await Task.WhenAny(closed, Task.Delay(s_disposeDrainTimeout)).ConfigureAwait(false) != closed)
-        {
-            EpollLog.DisposeDrainTimedOut(_logger, ConnectionId, (int)s_disposeDrainTimeout.TotalSeconds);
-            Abort(new ConnectionAbortedException("The connection was disposed with output the peer did not take."));
-            await closed.ConfigureAwait(false);
-        }
+        // The loop closes the fd once the buffered output is sent, and aborts if that takes longer than the drain
+        // timeout (see DisposeOnLoop), so this wait is bounded without a timer per connection. A loop that stopped
+        // closed its connections as it stopped.
+        await _fdClosed.Task.ConfigureAwait(false);
 
         _connectionClosedTokenSource.Dispose();
         await base.DisposeAsync().ConfigureAwait(false);
@@ -84,6 +85,24 @@ internal sealed partial class EpollConnection
         // The application is gone: nothing more will be read. What it wrote still goes out before the close.
         CompleteInput(null);
         TryCloseAfterBothSidesDone();
+        if (_fd >= 0)
+        {
+            // Output still buffered for a slow or absent reader: give it a bounded time (rare, so a timer here
+            // costs nothing on the common path).
+            _drainTimer = new Timer(static state =>
+            {
+                var connection = (EpollConnection)state!;
+                connection.Loop.Schedule(static s =>
+                {
+                    var c = (EpollConnection)s!;
+                    if (c._fd >= 0)
+                    {
+                        EpollLog.DisposeDrainTimedOut(c._logger, c.ConnectionId, (int)s_disposeDrainTimeout.TotalSeconds);
+                        c.AbortOnLoop(new ConnectionAbortedException("The connection was disposed with output the peer did not take."), EpollCloseReason.Aborted);
+                    }
+                }, connection);
+            }, this, s_disposeDrainTimeout, Timeout.InfiniteTimeSpan);
+        }
     }
 
     private void AbortOnLoop(ConnectionAbortedException reason, EpollCloseReason closeReason)
@@ -100,7 +119,10 @@ internal sealed partial class EpollConnection
 
         // SO_LINGER {1, 0}: close(2) discards unsent data and sends a RST (socket(7)).
         _ = Libc.SetLingerZero(_fd);
-        SetCloseReason(closeReason, reason, overrideGraceful: true);
+
+        // An abort that answers the peer's own FIN (Kestrel aborts HTTP connections whose client left) keeps
+        // PeerClosed: the peer closed first. An abort after our own graceful end does replace LocalClose.
+        SetCloseReason(closeReason, reason, overrideGraceful: _closeReason != EpollCloseReason.PeerClosed);
         CompleteInput(reason);
         CompleteOutput(null);
         CloseFd();
@@ -186,6 +208,7 @@ internal sealed partial class EpollConnection
         _context.Metrics.ConnectionClosed(_closeReason);
         EpollLog.ConnectionClosed(_logger, ConnectionId, _closeReason);
         FireConnectionClosed();
+        _drainTimer?.Dispose();
         _fdClosed.TrySetResult();
     }
 

@@ -114,7 +114,7 @@ internal sealed partial class EpollConnection
         return true;
     }
 
-    /// <summary>writev(2) straight from the pipe's segments. Returns the bytes the kernel took.</summary>
+    /// <summary>sendmsg(2) (a writev with MSG_NOSIGNAL) straight from the pipe's segments. Returns the bytes the kernel took.</summary>
     private unsafe long WriteBuffer(in ReadOnlySequence<byte> buffer, out Error error)
     {
         WriteScratch scratch = Loop.WriteScratch;
@@ -150,7 +150,7 @@ internal sealed partial class EpollConnection
             nint written;
             do
             {
-                written = Libc.writev(_fd, vectors, count);
+                written = Libc.SendVectors(_fd, vectors, count);
             }
             while (written < 0 && Errno.Last == Error.EINTR);
 

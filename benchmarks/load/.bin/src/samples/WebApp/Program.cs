@@ -1,0 +1,88 @@
+// The epoll transport's sample and benchmark target. See README.md ("The sample") for the endpoints and switches.
+using Microsoft.AspNetCore.Connections;
+using Microsoft.AspNetCore.Server.Kestrel.Core;
+using Transport.Epoll;
+using WebApp;
+
+// Content root next to the binary: appsettings.json and content/ are found whatever the working directory is
+// (dotnet run --project samples/WebApp from the repository root, or dotnet WebApp.dll from anywhere).
+var builder = WebApplication.CreateBuilder(new WebApplicationOptions { Args = args, ContentRootPath = AppContext.BaseDirectory });
+
+SampleSettings settings;
+try
+{
+    settings = SampleSettings.Read(builder.Configuration);
+}
+catch (SampleConfigurationException e)
+{
+    Console.Error.WriteLine($"WebApp: {e.Message}");
+    return 2;
+}
+
+if (settings.Transport == SampleTransport.Epoll)
+{
+    if (!EpollTransport.IsSupported)
+    {
+        Console.Error.WriteLine($"WebApp: the epoll transport cannot run here: {EpollTransport.UnsupportedReason} Run with --Transport sockets instead.");
+        return 3;
+    }
+
+    builder.WebHost.UseEpollTransport();
+}
+
+// Kestrel ignores --urls once code calls Listen*, and warns that it does: the sample adds the --urls endpoints itself
+// (SampleSettings.Listen) and hands the host a url list with no address in it (an empty one would fall back to the
+// command line's). The same for http_ports/https_ports, which SampleSettings read when there are no urls.
+builder.WebHost.UseSetting(WebHostDefaults.ServerUrlsKey, ";");
+builder.WebHost.UseSetting(WebHostDefaults.HttpPortsKey, string.Empty);
+builder.WebHost.UseSetting(WebHostDefaults.HttpsPortsKey, string.Empty);
+
+var httpEndpoints = new List<ListenOptions>();
+ListenOptions? echoEndpoint = null;
+ListenOptions? http2Endpoint = null;
+builder.WebHost.ConfigureKestrel(kestrel =>
+{
+    httpEndpoints.Clear();
+    foreach (var address in settings.Urls)
+    {
+        httpEndpoints.Add(SampleSettings.Listen(kestrel, address));
+    }
+
+    if (settings.EchoEnabled)
+    {
+        kestrel.ListenAnyIP(settings.EchoPort, options =>
+        {
+            options.UseConnectionHandler<EchoConnectionHandler>();
+            echoEndpoint = options;
+        });
+    }
+
+    if (settings.Http2Enabled)
+    {
+        kestrel.ListenAnyIP(settings.Http2Port, options =>
+        {
+            options.Protocols = HttpProtocols.Http2;
+            http2Endpoint = options;
+        });
+    }
+});
+
+var app = builder.Build();
+
+app.MapGet("/plaintext", new RequestDelegate(SampleEndpoints.Plaintext));
+app.MapGet("/json", new RequestDelegate(SampleEndpoints.Json));
+app.MapPost("/echo", new RequestDelegate(SampleEndpoints.Echo));
+app.MapGet("/files/{name}", (string name) => SampleEndpoints.File(name));
+app.MapGet("/connection", SampleEndpoints.Connection);
+
+app.Lifetime.ApplicationStarted.Register(() =>
+{
+    // One line, whatever the log level: which transport, and where (ports as bound, so port 0 shows its real port).
+    string http = string.Join(' ', httpEndpoints.Select(static e => e.ToString()));
+    string echo = echoEndpoint is null ? "off" : $"tcp://{echoEndpoint.EndPoint}";
+    string h2c = http2Endpoint is null ? "off" : $"{http2Endpoint}";
+    Console.WriteLine($"WebApp: transport={settings.Transport.ToString().ToLowerInvariant()} http={http} echo={echo} h2c={h2c}");
+});
+
+app.Run();
+return 0;

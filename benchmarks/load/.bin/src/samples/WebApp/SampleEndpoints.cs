@@ -1,0 +1,112 @@
+using System.Buffers;
+using System.Text.Json;
+using System.Text.Json.Serialization;
+using Microsoft.AspNetCore.Http.Features;
+using Transport.Epoll;
+
+namespace WebApp;
+
+/// <summary>
+/// The HTTP endpoints of the sample's contract. <c>/plaintext</c> and <c>/json</c> are written TechEmpower style:
+/// Content-Length set, preallocated bytes written to <c>Response.BodyWriter</c>, and no flush of their own, so Kestrel
+/// sends pipelined responses together.
+/// </summary>
+internal static class SampleEndpoints
+{
+    private static readonly byte[] s_plaintextBody = "Hello, World!"u8.ToArray();
+
+    // Serialized once at start-up: {"message":"Hello, World!"}.
+    private static readonly byte[] s_jsonBody = JsonSerializer.SerializeToUtf8Bytes(new JsonMessage("Hello, World!"), SampleJsonContext.Default.JsonMessage);
+
+    /// <summary>The folder <c>GET /files/{name}</c> serves from: <c>content/</c> next to the binary.</summary>
+    public static string ContentFolder { get; } = Path.Combine(AppContext.BaseDirectory, "content");
+
+    public static Task Plaintext(HttpContext context)
+    {
+        HttpResponse response = context.Response;
+        response.StatusCode = StatusCodes.Status200OK;
+        response.ContentType = "text/plain";
+        response.ContentLength = s_plaintextBody.Length;
+        response.BodyWriter.Write(s_plaintextBody);
+        return Task.CompletedTask;
+    }
+
+    public static Task Json(HttpContext context)
+    {
+        HttpResponse response = context.Response;
+        response.StatusCode = StatusCodes.Status200OK;
+        response.ContentType = "application/json";
+        response.ContentLength = s_jsonBody.Length;
+        response.BodyWriter.Write(s_jsonBody);
+        return Task.CompletedTask;
+    }
+
+    /// <summary>
+    /// Streams the request body back as it arrives, whether it came with Content-Length or chunked. Nothing is
+    /// buffered whole, so Kestrel's request body limit (30 MB by default) is lifted for this endpoint.
+    /// </summary>
+    public static async Task Echo(HttpContext context)
+    {
+        HttpRequest request = context.Request;
+        HttpResponse response = context.Response;
+        if (context.Features.Get<IHttpMaxRequestBodySizeFeature>() is { IsReadOnly: false } limit)
+        {
+            limit.MaxRequestBodySize = null;
+        }
+
+        response.StatusCode = StatusCodes.Status200OK;
+        response.ContentType = request.ContentType ?? "application/octet-stream";
+        if (request.ContentLength is long length)
+        {
+            response.ContentLength = length;
+        }
+
+        try
+        {
+            await request.BodyReader.CopyToAsync(response.BodyWriter, context.RequestAborted);
+        }
+        catch (OperationCanceledException) when (context.RequestAborted.IsCancellationRequested)
+        {
+            // The client went away; Kestrel already knows.
+        }
+    }
+
+    /// <summary>
+    /// What the transport says about this request's connection: HTTP request features fall back to the connection's,
+    /// so <see cref="IEpollConnectionFeature"/> is there on the epoll transport, and absent on Sockets.
+    /// </summary>
+    public static string Connection(HttpContext context)
+        => context.Features.Get<IEpollConnectionFeature>() is { } epoll
+            ? $"transport=epoll connection={context.Connection.Id} id={epoll.Id:x16} fd={epoll.FileDescriptor} loop={epoll.LoopIndex}\n"
+            : $"transport=other connection={context.Connection.Id}\n";
+
+    /// <summary>
+    /// A file from <see cref="ContentFolder"/>, with Range support. A name that could leave the folder ('/', '\',
+    /// "..") or names no file is a 404.
+    /// </summary>
+    public static IResult File(string name)
+    {
+        if (string.IsNullOrEmpty(name)
+            || name.Contains('/', StringComparison.Ordinal)
+            || name.Contains('\\', StringComparison.Ordinal)
+            || name.Contains("..", StringComparison.Ordinal)
+            || name.Contains('\0', StringComparison.Ordinal))
+        {
+            return Results.NotFound();
+        }
+
+        string path = Path.Combine(ContentFolder, name);
+        if (!System.IO.File.Exists(path))
+        {
+            return Results.NotFound();
+        }
+
+        return Results.File(path, "application/octet-stream", enableRangeProcessing: true);
+    }
+}
+
+internal sealed record JsonMessage(string Message);
+
+[JsonSourceGenerationOptions(PropertyNamingPolicy = JsonKnownNamingPolicy.CamelCase)]
+[JsonSerializable(typeof(JsonMessage))]
+internal sealed partial class SampleJsonContext : JsonSerializerContext;

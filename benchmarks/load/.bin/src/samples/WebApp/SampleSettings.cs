@@ -1,0 +1,171 @@
+using System.Globalization;
+using System.Net;
+using Microsoft.AspNetCore.Server.Kestrel.Core;
+
+namespace WebApp;
+
+/// <summary>The transports the sample can run on, chosen with <c>--Transport</c>.</summary>
+internal enum SampleTransport
+{
+    Epoll,
+    Sockets,
+}
+
+/// <summary>A command-line or configuration value the sample cannot use; the message says which and why.</summary>
+internal sealed class SampleConfigurationException(string message) : Exception(message);
+
+/// <summary>
+/// The sample's switches, read from configuration (command line <c>--Key value</c>, <c>ASPNETCORE_</c> environment
+/// variables, appsettings.json):
+/// <list type="bullet">
+/// <item><c>Transport</c>: <c>epoll</c> (default) or <c>sockets</c>, case-insensitive.</item>
+/// <item><c>urls</c>: the HTTP/1.1 endpoints, <c>;</c>-separated, as Kestrel's <c>--urls</c>; without it
+/// <c>http_ports</c>/<c>https_ports</c> as Kestrel reads them, else <c>http://localhost:5000</c>.</item>
+/// <item><c>EchoPort</c>: the raw TCP echo port on all interfaces (default 5001; 0 picks a free port; negative: no echo endpoint).</item>
+/// <item><c>Http2Port</c>: an HTTP/2-only cleartext (prior knowledge, h2c) port on all interfaces (default off;
+/// 0 picks a free port). Kestrel cannot offer HTTP/1.1 and HTTP/2 on one cleartext endpoint: without TLS there
+/// is no ALPN, so it serves HTTP/1.1 only there.</item>
+/// </list>
+/// </summary>
+internal sealed record SampleSettings(SampleTransport Transport, IReadOnlyList<BindingAddress> Urls, int EchoPort, int Http2Port)
+{
+    public const string DefaultUrls = "http://localhost:5000";
+    public const int DefaultEchoPort = 5001;
+    public const int DefaultHttp2Port = -1;
+
+    public bool EchoEnabled => EchoPort >= 0;
+
+    public bool Http2Enabled => Http2Port >= 0;
+
+    public static SampleSettings Read(IConfiguration configuration)
+        => new(
+            ReadTransport(configuration["Transport"]),
+            ReadUrls(configuration),
+            ReadPort(configuration, "EchoPort", DefaultEchoPort),
+            ReadPort(configuration, "Http2Port", DefaultHttp2Port));
+
+    private static SampleTransport ReadTransport(string? value)
+    {
+        if (string.IsNullOrWhiteSpace(value) || string.Equals(value.Trim(), "epoll", StringComparison.OrdinalIgnoreCase))
+        {
+            return SampleTransport.Epoll;
+        }
+
+        if (string.Equals(value.Trim(), "sockets", StringComparison.OrdinalIgnoreCase))
+        {
+            return SampleTransport.Sockets;
+        }
+
+        throw new SampleConfigurationException($"unknown transport '{value}': use --Transport epoll or --Transport sockets.");
+    }
+
+    private static int ReadPort(IConfiguration configuration, string key, int defaultPort)
+    {
+        string? value = configuration[key];
+        if (string.IsNullOrWhiteSpace(value))
+        {
+            return defaultPort;
+        }
+
+        if (!int.TryParse(value.Trim(), NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out int port) || port > IPEndPoint.MaxPort)
+        {
+            throw new SampleConfigurationException($"--{key} '{value}' is not a port: use 1 to 65535, 0 for a free port, or a negative number to turn the endpoint off.");
+        }
+
+        return port;
+    }
+
+    private static List<BindingAddress> ReadUrls(IConfiguration configuration)
+    {
+        string? value = configuration[WebHostDefaults.ServerUrlsKey];
+        if (string.IsNullOrWhiteSpace(value))
+        {
+            // As Kestrel: http_ports and https_ports (ASPNETCORE_HTTP_PORTS, as container images set) only without urls.
+            value = string.Join(';', ExpandPorts(configuration[WebHostDefaults.HttpPortsKey], "http").Concat(ExpandPorts(configuration[WebHostDefaults.HttpsPortsKey], "https")));
+        }
+
+        if (string.IsNullOrWhiteSpace(value))
+        {
+            value = DefaultUrls;
+        }
+
+        var addresses = new List<BindingAddress>();
+        foreach (string url in value.Split(';', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+        {
+            BindingAddress address;
+            try
+            {
+                address = BindingAddress.Parse(url);
+            }
+            catch (FormatException e)
+            {
+                throw new SampleConfigurationException($"--urls '{url}' is not an address: {e.Message}");
+            }
+
+            if (!string.Equals(address.Scheme, "http", StringComparison.OrdinalIgnoreCase)
+                && !string.Equals(address.Scheme, "https", StringComparison.OrdinalIgnoreCase))
+            {
+                throw new SampleConfigurationException($"--urls '{url}': the scheme must be http or https.");
+            }
+
+            addresses.Add(address);
+        }
+
+        if (addresses.Count == 0)
+        {
+            throw new SampleConfigurationException($"--urls '{value}' names no address.");
+        }
+
+        return addresses;
+    }
+
+    private static IEnumerable<string> ExpandPorts(string? ports, string scheme)
+        => (ports ?? string.Empty).Split(';', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(port => $"{scheme}://*:{port}");
+
+    /// <summary>
+    /// Adds one HTTP endpoint the way Kestrel reads <c>--urls</c>: <c>localhost</c> is both loopbacks, an IP address
+    /// is that address, <c>unix:/path</c> a Unix socket, and any other host (<c>*</c>, <c>+</c>, a name) every interface.
+    /// Kestrel ignores <c>--urls</c> once code calls <c>Listen*</c>, which the echo endpoint needs, so the sample does it.
+    /// </summary>
+    public static ListenOptions Listen(KestrelServerOptions kestrel, BindingAddress address)
+    {
+        ListenOptions? endpoint = null;
+        bool https = string.Equals(address.Scheme, "https", StringComparison.OrdinalIgnoreCase);
+        void Configure(ListenOptions options)
+        {
+            // With TLS, ALPN picks HTTP/1.1 or HTTP/2. Without it Kestrel serves only HTTP/1.1 on an Http1AndHttp2
+            // endpoint (and warns at every start), so cleartext endpoints say Http1: h2c has its own port, Http2Port.
+            if (https)
+            {
+                options.Protocols = HttpProtocols.Http1AndHttp2;
+                options.UseHttps();
+            }
+            else
+            {
+                options.Protocols = HttpProtocols.Http1;
+            }
+
+            endpoint = options;
+        }
+
+        string host = address.Host.Trim('[', ']');
+        if (address.IsUnixPipe)
+        {
+            kestrel.ListenUnixSocket(address.UnixPipePath, Configure);
+        }
+        else if (string.Equals(host, "localhost", StringComparison.OrdinalIgnoreCase))
+        {
+            kestrel.ListenLocalhost(address.Port, Configure);
+        }
+        else if (IPAddress.TryParse(host, out IPAddress? ip))
+        {
+            kestrel.Listen(ip, address.Port, Configure);
+        }
+        else
+        {
+            kestrel.ListenAnyIP(address.Port, Configure);
+        }
+
+        return endpoint!;
+    }
+}

@@ -1,0 +1,54 @@
+namespace Transport.Epoll.Tests.Infrastructure;
+
+/// <summary>What /proc says about this process: open fds and thread names.</summary>
+public static class ProcessInfo
+{
+    /// <summary>How many file descriptors the process has open.</summary>
+    public static int OpenFdCount() => Directory.GetFiles("/proc/self/fd").Length;
+
+    /// <summary>Whether <paramref name="fd"/> is open, and what it is ("socket:[1234]", a path, ...).</summary>
+    public static string? DescribeFd(long fd)
+    {
+        try
+        {
+            return new FileInfo($"/proc/self/fd/{fd}").LinkTarget;
+        }
+        catch (IOException)
+        {
+            return null;
+        }
+    }
+
+    /// <summary>Names of all threads of the process (from /proc/self/task/*/comm, at most 15 characters each).</summary>
+    public static IReadOnlyList<string> ThreadNames()
+    {
+        var names = new List<string>();
+        foreach (string task in Directory.GetDirectories("/proc/self/task"))
+        {
+            try
+            {
+                names.Add(File.ReadAllText(Path.Combine(task, "comm")).TrimEnd('\n'));
+            }
+            catch (IOException)
+            {
+                // The thread exited while we listed them.
+            }
+            catch (UnauthorizedAccessException)
+            {
+            }
+        }
+
+        return names;
+    }
+
+    /// <summary>The names of the epoll transport's loop threads (<c>epoll-N</c>) alive now, sorted.</summary>
+    public static IReadOnlyList<string> EpollThreadNames() =>
+        ThreadNames().Where(n => n.StartsWith("epoll-", StringComparison.Ordinal)).Order(StringComparer.Ordinal).ToList();
+
+    /// <summary>Reads the third ("max") value of a tcp_rmem / tcp_wmem style sysctl.</summary>
+    public static long TcpBufferMax(string name)
+    {
+        string text = File.ReadAllText($"/proc/sys/net/ipv4/{name}");
+        return long.Parse(text.Split((char[])['\t', ' ', '\n'], StringSplitOptions.RemoveEmptyEntries)[2], System.Globalization.CultureInfo.InvariantCulture);
+    }
+}

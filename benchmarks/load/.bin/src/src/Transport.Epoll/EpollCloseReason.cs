@@ -1,0 +1,29 @@
+namespace Transport.Epoll;
+
+/// <summary>Why an epoll connection closed, as reported by <see cref="IEpollConnectionFeature.CloseReason"/>.</summary>
+public enum EpollCloseReason
+{
+    /// <summary>The connection is still open.</summary>
+    None = 0,
+
+    /// <summary>The application completed its output (or disposed the connection) and the socket was closed gracefully.</summary>
+    LocalClose = 1,
+
+    /// <summary>The peer sent FIN: it closed or shut down its sending side.</summary>
+    PeerClosed = 2,
+
+    /// <summary>The peer reset the connection (<c>ECONNRESET</c>, <c>EPIPE</c>).</summary>
+    PeerReset = 3,
+
+    /// <summary>The application called <c>Abort()</c>; the peer got a RST.</summary>
+    Aborted = 4,
+
+    /// <summary>The connection saw no successful read or write for the configured idle timeout.</summary>
+    IdleTimeout = 5,
+
+    /// <summary>A socket error other than a reset; see <see cref="IEpollConnectionFeature.CloseError"/>.</summary>
+    Error = 6,
+
+    /// <summary>The transport was shut down while the connection was open.</summary>
+    TransportShutdown = 7,
+}

@@ -1,0 +1,69 @@
+namespace Transport.Epoll;
+
+/// <summary>Options for the epoll transport. Bound from the <c>Kestrel:Transport:Epoll</c> configuration section.</summary>
+/// <remarks>
+/// Every property is a plain value; nothing here changes another property. Nonsense values are rejected at
+/// start-up by a validator whose message names the option and its allowed range.
+/// </remarks>
+public sealed class EpollTransportOptions
+{
+    /// <summary>The configuration section the options bind from when the transport is added to a web host.</summary>
+    public const string ConfigurationSection = "Kestrel:Transport:Epoll";
+
+    /// <summary>Number of event loops, each a dedicated thread named <c>epoll-N</c> with its own epoll instance.</summary>
+    /// <remarks>Defaults to <see cref="Environment.ProcessorCount"/>. Allowed: 1 to 256.</remarks>
+    public int ThreadCount { get; set; } = Environment.ProcessorCount;
+
+    /// <summary>
+    /// The most bytes received from the socket and not yet consumed by the application. Past it the transport stops
+    /// reading, so the kernel's receive window pushes back on the peer.
+    /// </summary>
+    /// <remarks>Defaults to 1 MiB. <see langword="null"/> or 0 means no limit, which lets a fast peer make the server
+    /// buffer without bound: a security risk.</remarks>
+    public long? MaxReadBufferSize { get; set; } = 1024 * 1024;
+
+    /// <summary>
+    /// The most bytes written by the application and not yet taken by the kernel. Past it the application's
+    /// <c>FlushAsync</c> waits, so a peer that never reads cannot make the server hold unbounded memory.
+    /// </summary>
+    /// <remarks>Defaults to 64 KiB. <see langword="null"/> or 0 means no limit: a security risk.</remarks>
+    public long? MaxWriteBufferSize { get; set; } = 64 * 1024;
+
+    /// <summary>Sets <c>TCP_NODELAY</c> on accepted TCP connections (turns off Nagle's algorithm).</summary>
+    /// <remarks>Defaults to <see langword="true"/>.</remarks>
+    public bool NoDelay { get; set; } = true;
+
+    /// <summary>The <c>listen(2)</c> backlog: connections the kernel completes before the server accepts them.</summary>
+    /// <remarks>Defaults to 512. Allowed: 1 to 65535 (the kernel caps it at <c>net.core.somaxconn</c>).</remarks>
+    public int Backlog { get; set; } = 512;
+
+    /// <summary>How accepted connections are spread over the event loops.</summary>
+    /// <remarks>Defaults to <see cref="EpollAcceptDistribution.ReusePort"/>. See the enum's values for the trade-offs.</remarks>
+    public EpollAcceptDistribution AcceptDistribution { get; set; } = EpollAcceptDistribution.ReusePort;
+
+    /// <summary>
+    /// The most accepted connections that wait for the server to take them. When the application is not taking
+    /// connections, the loops stop accepting and the kernel's backlog holds the rest.
+    /// </summary>
+    /// <remarks>Defaults to 1024. Allowed: 1 to 1,000,000.</remarks>
+    public int MaxPendingAccepts { get; set; } = 1024;
+
+    /// <summary>
+    /// Runs the application's code inline on the connection's event loop instead of the thread pool. This removes a
+    /// thread hop and a wake-up per request, and is much faster, but a request that blocks (synchronous I/O, a
+    /// lock, a long computation) stalls every connection on the same loop.
+    /// </summary>
+    /// <remarks>Defaults to <see langword="false"/>. The equivalent of the Sockets transport's
+    /// <c>UnsafePreferInlineScheduling</c>.</remarks>
+    public bool UnsafePreferInlineScheduling { get; set; }
+
+    /// <summary>
+    /// When <see langword="false"/>, a peer's FIN (it shut down its sending side) completes <c>Input</c> and also
+    /// fires <c>ConnectionClosed</c>, as the Sockets transport does: HTTP relies on it to abort requests of clients
+    /// that went away. When <see langword="true"/>, a FIN only completes <c>Input</c> and the connection stays open
+    /// for writing until the application completes <c>Output</c>; <c>ConnectionClosed</c> fires when the socket is closed.
+    /// For raw protocols that half-close on purpose.
+    /// </summary>
+    /// <remarks>Defaults to <see langword="false"/>.</remarks>
+    public bool AllowHalfOpen { get; set; }
+}

@@ -1,0 +1,45 @@
+using Microsoft.Extensions.Options;
+
+namespace Transport.Epoll.Hosting;
+
+/// <summary>Rejects nonsense options at start-up with a message that names the option and its allowed range.</summary>
+internal sealed class EpollTransportOptionsValidator : IValidateOptions<EpollTransportOptions>
+{
+    internal const int MaxThreadCount = 256;
+
+    public ValidateOptionsResult Validate(string? name, EpollTransportOptions options)
+    {
+        var failures = new List<string>();
+        if (options.ThreadCount is < 1 or > MaxThreadCount)
+        {
+            failures.Add($"EpollTransportOptions.ThreadCount is {options.ThreadCount}; it must be between 1 and {MaxThreadCount}.");
+        }
+
+        if (options.MaxReadBufferSize < 0)
+        {
+            failures.Add($"EpollTransportOptions.MaxReadBufferSize is {options.MaxReadBufferSize}; it must be 0 or more (null or 0: no limit).");
+        }
+
+        if (options.MaxWriteBufferSize < 0)
+        {
+            failures.Add($"EpollTransportOptions.MaxWriteBufferSize is {options.MaxWriteBufferSize}; it must be 0 or more (null or 0: no limit).");
+        }
+
+        if (options.Backlog is < 1 or > 65535)
+        {
+            failures.Add($"EpollTransportOptions.Backlog is {options.Backlog}; it must be between 1 and 65535.");
+        }
+
+        if (options.MaxPendingAccepts is < 1 or > 1_000_000)
+        {
+            failures.Add($"EpollTransportOptions.MaxPendingAccepts is {options.MaxPendingAccepts}; it must be between 1 and 1000000.");
+        }
+
+        if (!Enum.IsDefined(options.AcceptDistribution))
+        {
+            failures.Add($"EpollTransportOptions.AcceptDistribution is {(int)options.AcceptDistribution}; it must be ReusePort or Exclusive.");
+        }
+
+        return failures.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(failures);
+    }
+}

@@ -1,0 +1,43 @@
+using System.Runtime.Versioning;
+using Microsoft.AspNetCore.Connections;
+using Microsoft.Extensions.DependencyInjection.Extensions;
+using Microsoft.Extensions.Options;
+using Transport.Epoll;
+using Transport.Epoll.Hosting;
+using Transport.Epoll.Internal;
+
+namespace Microsoft.Extensions.DependencyInjection;
+
+/// <summary>Registers the epoll transport in a service collection.</summary>
+[SupportedOSPlatform("linux")]
+public static class EpollTransportServiceCollectionExtensions
+{
+    /// <summary>
+    /// Registers the epoll transport as Kestrel's <see cref="IConnectionListenerFactory"/>. Endpoints it declines
+    /// (see <see cref="IConnectionListenerFactorySelector"/>) fall back to the factories registered before it.
+    /// </summary>
+    /// <exception cref="PlatformNotSupportedException">The system has no epoll; the message says why.</exception>
+    public static IServiceCollection AddEpollTransport(this IServiceCollection services, Action<EpollTransportOptions>? configureOptions = null)
+    {
+        ArgumentNullException.ThrowIfNull(services);
+        EpollTransport.ThrowIfUnsupported();
+
+        var builder = services.AddOptions<EpollTransportOptions>();
+        if (configureOptions is not null)
+        {
+            builder.Configure(configureOptions);
+        }
+
+        services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<EpollTransportOptions>, EpollTransportOptionsValidator>());
+
+        // Not TryAdd: Kestrel asks the last registered factory first, so this must come after the Sockets factory
+        // that UseKestrel() registers, whichever of the two calls came first. Calling this twice registers one factory.
+        if (!services.Any(static d => d.ServiceType == typeof(IConnectionListenerFactory) && d.ImplementationType == typeof(EpollTransportFactory)))
+        {
+            services.AddSingleton<EpollTransportFactory>();
+            services.AddSingleton<IConnectionListenerFactory>(static sp => sp.GetRequiredService<EpollTransportFactory>());
+        }
+
+        return services;
+    }
+}

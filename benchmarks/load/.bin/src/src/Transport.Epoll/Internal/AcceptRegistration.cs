@@ -1,0 +1,164 @@
+using System.Net;
+using Transport.Epoll.Interop;
+
+namespace Transport.Epoll.Internal;
+
+/// <summary>
+/// A listening socket registered in one loop. On EPOLLIN the loop accepts, sets the new connection up on itself and
+/// hands it to the listener's queue. Level-triggered on purpose: a registration that stops early (its batch, the
+/// listener's queue full) is simply asked again by the kernel, with no state to remember.
+/// </summary>
+internal sealed unsafe class AcceptRegistration : IEpollHandler
+{
+    /// <summary>Connections accepted per event, so a connection storm cannot starve the loop's connections.</summary>
+    private const int AcceptsPerEvent = 64;
+
+    private const int MinBackOffMs = 10;
+    private const int MaxBackOffMs = 1000;
+
+    private readonly EpollConnectionListener _listener;
+    private readonly ListenSocket _socket;
+    private readonly uint _interest;
+    private readonly string _endPointName;
+    private bool _registered;
+    private bool _removed;
+    private int _backOffMs;
+    private Timer? _backOffTimer;
+
+    public AcceptRegistration(EpollConnectionListener listener, ListenSocket socket, EpollLoop loop, bool exclusive)
+    {
+        _listener = listener;
+        _socket = socket;
+        Loop = loop;
+        _interest = Libc.EPOLLIN | (exclusive ? Libc.EPOLLEXCLUSIVE : 0);
+        _endPointName = socket.EndPoint.ToString() ?? "?";
+    }
+
+    public ulong Id { get; set; }
+
+    public EpollLoop Loop { get; }
+
+    /// <summary>Adds the socket to the loop's epoll set (callable from any thread: epoll_ctl is thread-safe).</summary>
+    public void Register()
+    {
+        Loop.Table.Add(this);
+        _socket.AddRegistration();
+        Arm();
+    }
+
+    public void OnEvents(uint events)
+    {
+        if (_removed || !_registered)
+        {
+            return;
+        }
+
+        byte* address = stackalloc byte[Libc.SockAddrStorageSize];
+        for (int i = 0; i < AcceptsPerEvent; i++)
+        {
+            if (_listener.IsQueueFull)
+            {
+                // The application is not taking connections: stop accepting; the kernel's backlog holds the rest
+                // (and then refuses). The listener resumes us when its queue drains.
+                Disarm();
+                _listener.OnRegistrationPaused(this);
+                EpollLog.AcceptPaused(_listener.Logger, _endPointName, _listener.PendingCount);
+                return;
+            }
+
+            int length = Libc.SockAddrStorageSize;
+            int fd = Libc.accept4(_socket.Fd, address, &length, Libc.SOCK_NONBLOCK | Libc.SOCK_CLOEXEC);
+            if (fd < 0)
+            {
+                Error error = Errno.Last;
+                if (error == Error.EAGAIN)
+                {
+                    return;
+                }
+
+                if (Errno.IsTransientAcceptError(error))
+                {
+                    EpollLog.AcceptTransientError(_listener.Logger, _endPointName, error.ToString());
+                    continue;
+                }
+
+                if (Errno.IsResourceExhausted(error))
+                {
+                    BackOff(error);
+                    return;
+                }
+
+                // EBADF, EINVAL...: the listening socket itself is broken. Stop this registration, not the process.
+                EpollLog.AcceptFailed(_listener.Logger, _endPointName, error.ToString());
+                Disarm();
+                return;
+            }
+
+            _backOffMs = 0;
+            EndPoint? remote = SockAddr.Read(new ReadOnlySpan<byte>(address, length));
+            _listener.OnAccepted(fd, Loop, remote, _socket);
+        }
+    }
+
+    /// <summary>Back in the epoll set after a pause (queue drained) or a back-off; on the loop's thread.</summary>
+    public void Resume()
+    {
+        if (!_removed && !_registered)
+        {
+            Arm();
+        }
+    }
+
+    /// <summary>Leaves the epoll set for good (unbind), on the loop's thread; the last loop out closes the fd.</summary>
+    public void Remove()
+    {
+        if (_removed)
+        {
+            return;
+        }
+
+        _removed = true;
+        _backOffTimer?.Dispose();
+        Disarm();
+        Loop.Table.Remove(Id);
+        _socket.ReleaseRegistration();
+    }
+
+    public void OnLoopStopping() => Remove();
+
+    private void Arm()
+    {
+        if (Loop.Register(_socket.Fd, _interest, Id) == Error.Success)
+        {
+            _registered = true;
+        }
+    }
+
+    private void Disarm()
+    {
+        if (_registered)
+        {
+            // EPOLLEXCLUSIVE registrations cannot be modified (EPOLL_CTL_MOD fails with EINVAL), only removed and
+            // added again, so pausing is always DEL and resuming ADD.
+            _ = Loop.Unregister(_socket.Fd);
+            _registered = false;
+        }
+    }
+
+    private void BackOff(Error error)
+    {
+        // Out of fds (EMFILE/ENFILE) or memory: the pending connection stays in the kernel's queue, so the socket
+        // stays readable and a level-triggered registration would spin a core. Leave the epoll set and come back
+        // later, doubling the wait while the condition lasts.
+        Disarm();
+        _backOffMs = Math.Clamp(_backOffMs * 2, MinBackOffMs, MaxBackOffMs);
+        _listener.Context.Metrics.AcceptBackOff();
+        EpollLog.AcceptBackOff(_listener.Logger, _endPointName, error.ToString(), _backOffMs);
+        _backOffTimer ??= new Timer(static state =>
+        {
+            var registration = (AcceptRegistration)state!;
+            registration.Loop.Schedule(static s => ((AcceptRegistration)s!).Resume(), registration);
+        }, this, Timeout.Infinite, Timeout.Infinite);
+        _backOffTimer.Change(_backOffMs, Timeout.Infinite);
+    }
+}

@@ -1,0 +1,229 @@
+using Microsoft.AspNetCore.Connections;
+using Transport.Epoll.Interop;
+
+namespace Transport.Epoll.Internal;
+
+/// <summary>
+/// How a connection ends. The fd is closed, on the loop, when both directions are done: the receive side (peer FIN,
+/// or the application completed its input) and the send side (every byte sent and SHUT_WR, or the application gone).
+/// A reset, a socket error, an abort or the loop stopping close it at once. <c>ConnectionClosed</c> fires exactly
+/// once, on the thread pool, never on the loop: at the peer's FIN (unless AllowHalfOpen) or when the fd closes.
+/// </summary>
+internal sealed partial class EpollConnection
+{
+    /// <summary>How long DisposeAsync lets buffered output drain to a slow peer before it aborts the connection.</summary>
+    private static readonly TimeSpan s_disposeDrainTimeout = TimeSpan.FromSeconds(5);
+
+    private static readonly Action<object?> s_abortOnLoop = static state =>
+    {
+        var (connection, reason) = ((EpollConnection, ConnectionAbortedException))state!;
+        connection.AbortOnLoop(reason, EpollCloseReason.Aborted);
+    };
+
+    private static readonly Action<object?> s_disposeOnLoop = static state => ((EpollConnection)state!).DisposeOnLoop();
+
+    private readonly CancellationTokenSource _connectionClosedTokenSource = new();
+    private readonly TaskCompletionSource _fdClosed = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private EpollCloseReason _closeReason;
+    private Exception? _closeError;
+    private int _connectionClosedFired;
+    private bool _applicationDisposed;
+    private Timer? _drainTimer;
+
+    public override CancellationToken ConnectionClosed
+    {
+        get => _connectionClosedTokenSource.Token;
+        set => throw new NotSupportedException("The transport owns the ConnectionClosed token.");
+    }
+
+    public EpollCloseReason CloseReason => Volatile.Read(ref _fd) < 0 ? _closeReason : EpollCloseReason.None;
+
+    public Exception? CloseError => _closeError;
+
+    /// <summary>Drops pending data and resets the connection (the peer gets a RST), from any thread.</summary>
+    public override void Abort(ConnectionAbortedException abortReason)
+    {
+        // Always handed to the loop, even from the loop itself: the caller may be the application running inline
+        // inside this connection's read, which must unwind before the fd goes away.
+        Loop.Schedule(s_abortOnLoop, (this, abortReason));
+    }
+
+    public override async ValueTask DisposeAsync()
+    {
+        // Complete the application's ends of the original pipes (middleware may have replaced Transport).
+        await _originalTransport.Input.CompleteAsync().ConfigureAwait(false);
+        await _originalTransport.Output.CompleteAsync().ConfigureAwait(false);
+        Loop.Schedule(s_disposeOnLoop, this);
+
+        // The loop closes the fd once the buffered output is sent, and aborts if that takes longer than the drain
+        // timeout (see DisposeOnLoop), so this wait is bounded without a timer per connection. A loop that stopped
+        // closed its connections as it stopped.
+        await _fdClosed.Task.ConfigureAwait(false);
+
+        _connectionClosedTokenSource.Dispose();
+        await base.DisposeAsync().ConfigureAwait(false);
+    }
+
+    public void OnLoopStopping()
+        => AbortOnLoop(new ConnectionAbortedException("The epoll transport is shutting down."), EpollCloseReason.TransportShutdown);
+
+    /// <summary>A handler threw on the loop: close this connection and let the loop serve the others.</summary>
+    public void CloseAfterBug(Exception ex)
+        => AbortOnLoop(new ConnectionAbortedException("The epoll transport failed on this connection.", ex), EpollCloseReason.Error);
+
+    private void DisposeOnLoop()
+    {
+        _applicationDisposed = true;
+        if (_fd < 0)
+        {
+            return;
+        }
+
+        // The application is gone: nothing more will be read. What it wrote still goes out before the close.
+        CompleteInput(null);
+        TryCloseAfterBothSidesDone();
+        if (_fd >= 0)
+        {
+            // Output still buffered for a slow or absent reader: give it a bounded time (rare, so a timer here
+            // costs nothing on the common path).
+            _drainTimer = new Timer(static state =>
+            {
+                var connection = (EpollConnection)state!;
+                connection.Loop.Schedule(static s =>
+                {
+                    var c = (EpollConnection)s!;
+                    if (c._fd >= 0)
+                    {
+                        EpollLog.DisposeDrainTimedOut(c._logger, c.ConnectionId, (int)s_disposeDrainTimeout.TotalSeconds);
+                        c.AbortOnLoop(new ConnectionAbortedException("The connection was disposed with output the peer did not take."), EpollCloseReason.Aborted);
+                    }
+                }, connection);
+            }, this, s_disposeDrainTimeout, Timeout.InfiniteTimeSpan);
+        }
+    }
+
+    private void AbortOnLoop(ConnectionAbortedException reason, EpollCloseReason closeReason)
+    {
+        if (_fd < 0)
+        {
+            return;
+        }
+
+        if (closeReason == EpollCloseReason.Aborted)
+        {
+            EpollLog.ConnectionAborted(_logger, ConnectionId, reason.Message);
+        }
+
+        // SO_LINGER {1, 0}: close(2) discards unsent data and sends a RST (socket(7)).
+        _ = Libc.SetLingerZero(_fd);
+        SetCloseReason(closeReason, reason, overrideGraceful: true);
+        CompleteInput(reason);
+        CompleteOutput(null);
+        CloseFd();
+    }
+
+    /// <summary>A read or write failed: the peer is gone (reset) or the socket broke. Pending sends are abandoned.</summary>
+    private void OnSocketError(Error error)
+    {
+        Exception exception;
+        if (Errno.IsPeerGone(error))
+        {
+            EpollLog.ConnectionReset(_logger, ConnectionId);
+            exception = new ConnectionResetException($"The peer reset the connection ({Errno.Describe(error)}).");
+            SetCloseReason(EpollCloseReason.PeerReset, exception, overrideGraceful: true);
+        }
+        else
+        {
+            EpollLog.ConnectionError(_logger, ConnectionId, Errno.Describe(error));
+            exception = new IOException("Socket error " + Errno.Describe(error));
+            SetCloseReason(EpollCloseReason.Error, exception, overrideGraceful: true);
+        }
+
+        CompleteInput(exception);
+        CompleteOutput(null);
+        CloseFd();
+    }
+
+    /// <summary>The first reason wins, except that a failure replaces a graceful reason recorded before it.</summary>
+    private void SetCloseReason(EpollCloseReason reason, Exception? error, bool overrideGraceful = false)
+    {
+        bool graceful = _closeReason is EpollCloseReason.PeerClosed or EpollCloseReason.LocalClose;
+        if (_closeReason == EpollCloseReason.None || (overrideGraceful && graceful))
+        {
+            _closeReason = reason;
+            _closeError = error;
+        }
+    }
+
+    private void TryCloseAfterBothSidesDone()
+    {
+        if (_fd < 0 || !_sendCompleted)
+        {
+            return;
+        }
+
+        // Send side done. Close when the receive side is done too, or when nobody will read any more.
+        if (_receiveCompleted || _applicationDisposed)
+        {
+            CloseFd();
+        }
+    }
+
+    private void CloseFd()
+    {
+        int fd = _fd;
+        if (fd < 0)
+        {
+            return;
+        }
+
+        // Order matters: the table forgets the id first, so an event still queued in this turn is dropped; then the
+        // fd goes (closing it also removes it from the epoll set, epoll(7)); the kernel may hand the number to the
+        // very next accept.
+        if (_closeReason == EpollCloseReason.None)
+        {
+            _closeReason = EpollCloseReason.LocalClose;
+        }
+
+        Loop.Table.Remove(Id);
+        Volatile.Write(ref _fd, -1);
+        _ = Libc.close(fd);
+
+        if (!_receiveCompleted)
+        {
+            CompleteInput(null);
+        }
+
+        if (!_sendCompleted)
+        {
+            CompleteOutput(null);
+        }
+
+        _context.Metrics.ConnectionClosed(_closeReason);
+        EpollLog.ConnectionClosed(_logger, ConnectionId, _closeReason);
+        FireConnectionClosed();
+        _drainTimer?.Dispose();
+        _fdClosed.TrySetResult();
+    }
+
+    private void FireConnectionClosed()
+    {
+        if (Interlocked.Exchange(ref _connectionClosedFired, 1) != 0)
+        {
+            return;
+        }
+
+        // Off the loop: user callbacks registered on the token must never run on (or block) the I/O thread.
+        ThreadPool.UnsafeQueueUserWorkItem(static state =>
+        {
+            try
+            {
+                state._connectionClosedTokenSource.Cancel();
+            }
+            catch (ObjectDisposedException)
+            {
+                // Disposed by DisposeAsync before the callback ran: nobody is listening any more.
+            }
+        }, this, preferLocal: false);
+    }
+}

@@ -1,0 +1,178 @@
+using System.Buffers;
+using System.IO.Pipelines;
+using Microsoft.AspNetCore.Connections;
+using Transport.Epoll.Interop;
+
+namespace Transport.Epoll.Internal;
+
+internal sealed partial class EpollConnection
+{
+    /// <summary>
+    /// Reads per event before the loop moves on to other connections: one busy peer cannot starve the rest of its
+    /// loop. A connection that still has input after its budget reads again next turn.
+    /// </summary>
+    private const int ReadsPerTurn = 16;
+
+    /// <summary>Smallest buffer asked of the pipe per read; the pool's blocks are 4 KiB.</summary>
+    private const int MinimumReadSize = 2048;
+
+    private readonly Action _onFlushCompleted;
+    // Kept in a field because its continuation is the loop-scheduled _onFlushCompleted; consumed exactly once there.
+#pragma warning disable CA2012
+    private ValueTask<FlushResult> _flushTask;
+    private bool _readable;
+    private bool _finOrErrorPending;
+    private bool _flushPending;
+    private bool _readAgainQueued;
+    private bool _receiveCompleted;
+
+#pragma warning restore CA2012
+
+    private bool CanReceive => !_receiveCompleted && !_flushPending && _fd >= 0;
+
+    /// <summary>Next turn after a budget ran out (see <see cref="EpollLoop.ReadAgainNextTurn"/>).</summary>
+    public void ReadAgain()
+    {
+        _readAgainQueued = false;
+        if (CanReceive && _readable)
+        {
+            Receive();
+        }
+    }
+
+    private unsafe void Receive()
+    {
+        PipeWriter writer = _input.Writer;
+        int budget = ReadsPerTurn;
+        while (_readable && CanReceive)
+        {
+            if (budget-- == 0)
+            {
+                if (!_readAgainQueued)
+                {
+                    _readAgainQueued = true;
+                    Loop.ReadAgainNextTurn(this);
+                }
+
+                return;
+            }
+
+            Memory<byte> memory = writer.GetMemory(MinimumReadSize);
+            nint received;
+            using (MemoryHandle pin = memory.Pin())
+            {
+                received = Libc.read(_fd, pin.Pointer, (nuint)memory.Length);
+            }
+
+            if (received > 0)
+            {
+                // A short read drained the socket: on Linux every new segment raises a new edge, so there is no
+                // need to read again only to see EAGAIN (one syscall saved per request).
+                if (received < memory.Length && !_finOrErrorPending)
+                {
+                    _readable = false;
+                }
+
+                writer.Advance((int)received);
+                _context.Metrics.BytesReceived(received);
+#pragma warning disable CA2012 // consumed once: here when complete, else in OnInputFlushCompleted
+                _flushTask = writer.FlushAsync();
+#pragma warning restore CA2012
+                if (!_flushTask.IsCompleted)
+                {
+                    // Over MaxReadBufferSize: stop reading. The kernel's receive window now pushes back on the peer.
+                    _flushPending = true;
+                    _flushTask.GetAwaiter().UnsafeOnCompleted(_onFlushCompleted);
+                    return;
+                }
+
+                if (!HandleFlushResult())
+                {
+                    return;
+                }
+            }
+            else if (received == 0)
+            {
+                OnPeerFin();
+                return;
+            }
+            else
+            {
+                Error error = Errno.Last;
+                if (error == Error.EAGAIN)
+                {
+                    _readable = false;
+                }
+                else if (error != Error.EINTR)
+                {
+                    OnSocketError(error);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// <summary>Runs on the loop when the application has consumed enough for a paused flush to complete.</summary>
+    private void OnInputFlushCompleted()
+    {
+        _flushPending = false;
+        if (_fd < 0 || _receiveCompleted)
+        {
+            return;
+        }
+
+        if (HandleFlushResult() && _readable)
+        {
+            Receive();
+        }
+    }
+
+    /// <summary>False when the application has completed its input: nothing more is read.</summary>
+    private bool HandleFlushResult()
+    {
+        FlushResult result = _flushTask.GetAwaiter().GetResult();
+        _flushTask = default;
+        if (result.IsCompleted)
+        {
+            // The application will not read any more. Stop reading; the socket closes once the send side is done.
+            CompleteInput(null);
+            TryCloseAfterBothSidesDone();
+            return false;
+        }
+
+        return true;
+    }
+
+    private void OnPeerFin()
+    {
+        _readable = false;
+        SetCloseReason(EpollCloseReason.PeerClosed, null);
+        CompleteInput(null);
+        if (!_context.Options.AllowHalfOpen)
+        {
+            // As the Sockets transport does: HTTP relies on this to abort the requests of clients that went away.
+            FireConnectionClosed();
+        }
+
+        TryCloseAfterBothSidesDone();
+    }
+
+    private void CompleteInput(Exception? error)
+    {
+        if (_receiveCompleted)
+        {
+            return;
+        }
+
+        _receiveCompleted = true;
+        _input.Writer.Complete(error);
+    }
+
+    private unsafe void CheckPendingSocketError()
+    {
+        if (Libc.GetIntOption(_fd, Libc.SOL_SOCKET, Libc.SO_ERROR, out int pending) == 0 && pending != 0)
+        {
+            OnSocketError((Error)pending);
+        }
+    }
+}

@@ -1,0 +1,142 @@
+using System.Buffers;
+using System.IO.Pipelines;
+using System.Net;
+using Microsoft.AspNetCore.Connections;
+using Microsoft.AspNetCore.Http.Features;
+using Microsoft.Extensions.Logging;
+using Transport.Epoll.Interop;
+
+namespace Transport.Epoll.Internal;
+
+/// <summary>
+/// One accepted socket, owned by one loop for its whole life. The loop's thread does all of its syscalls: reads into
+/// the input pipe (<c>EpollConnection.Receive.cs</c>), writes from the output pipe (<c>EpollConnection.Send.cs</c>),
+/// and the close (<c>EpollConnection.Close.cs</c>). Calls from other threads (Abort, DisposeAsync) are handed to
+/// the loop; they carry this object, whose fd is -1 once closed, so late work never reaches the fd's next owner.
+/// </summary>
+internal sealed partial class EpollConnection : ConnectionContext, IEpollHandler
+{
+    private readonly TransportContext _context;
+    private readonly ILogger _logger;
+    private readonly Pipe _input;
+    private readonly Pipe _output;
+    private readonly DuplexPipe _originalTransport;
+    private int _fd;
+    private string? _connectionId;
+    private IDictionary<object, object?>? _items;
+
+    public EpollConnection(int fd, EpollLoop loop, EndPoint? localEndPoint, EndPoint? remoteEndPoint)
+    {
+        _fd = fd;
+        Loop = loop;
+        _context = loop.Context;
+        _logger = _context.Logger;
+        LocalEndPoint = localEndPoint;
+        RemoteEndPoint = remoteEndPoint;
+        MemoryPool = loop.MemoryPool;
+
+        // Input: the loop writes, the application reads. The writer's continuation (resume reading after
+        // backpressure) runs on the loop; the reader's on the thread pool or, with inline scheduling, on the loop.
+        long maxRead = _context.MaxReadBufferSize;
+        _input = new Pipe(new PipeOptions(
+            MemoryPool,
+            readerScheduler: _context.ApplicationScheduler,
+            writerScheduler: loop,
+            pauseWriterThreshold: maxRead,
+            resumeWriterThreshold: maxRead / 2,
+            useSynchronizationContext: false));
+
+        // Output: the application writes, the loop reads. Scheduling the reader on the loop is what defers sends
+        // to the end of the loop's turn, so responses produced together leave in one writev.
+        long maxWrite = _context.MaxWriteBufferSize;
+        _output = new Pipe(new PipeOptions(
+            MemoryPool,
+            readerScheduler: loop,
+            writerScheduler: _context.ApplicationScheduler,
+            pauseWriterThreshold: maxWrite,
+            resumeWriterThreshold: maxWrite / 2,
+            useSynchronizationContext: false));
+
+        _originalTransport = new DuplexPipe(_input.Reader, _output.Writer);
+        Transport = _originalTransport;
+        _onFlushCompleted = OnInputFlushCompleted;
+        _onOutputReadable = OnOutputReadable;
+    }
+
+    public ulong Id { get; set; }
+
+    public EpollLoop Loop { get; }
+
+    public MemoryPool<byte> MemoryPool { get; }
+
+    public int FileDescriptor => Volatile.Read(ref _fd);
+
+    public int LoopIndex => Loop.Index;
+
+    public override string ConnectionId
+    {
+        get => _connectionId ??= Id.ToString("X16", System.Globalization.CultureInfo.InvariantCulture);
+        set => _connectionId = value;
+    }
+
+    public override IFeatureCollection Features => this;
+
+    public override IDictionary<object, object?> Items
+    {
+        get => _items ??= new ConnectionItems();
+        set => _items = value;
+    }
+
+    public override IDuplexPipe Transport { get; set; }
+
+    public override EndPoint? LocalEndPoint { get; set; }
+
+    public override EndPoint? RemoteEndPoint { get; set; }
+
+    /// <summary>Starts the send side; the receive side starts with the first EPOLLIN.</summary>
+    public void Start() => ReadOutput();
+
+    public void OnEvents(uint events)
+    {
+        if (_fd < 0)
+        {
+            return;
+        }
+
+        // Edge-triggered: each bit says something changed since we last looked. Readiness is remembered in flags
+        // and acted on when the receive or send side is able to (not paused by backpressure).
+        if ((events & (Libc.EPOLLIN | Libc.EPOLLRDHUP | Libc.EPOLLHUP | Libc.EPOLLERR)) != 0)
+        {
+            _readable = true;
+            if ((events & (Libc.EPOLLRDHUP | Libc.EPOLLHUP | Libc.EPOLLERR)) != 0)
+            {
+                // The FIN (or an error) is already queued behind the data: no new edge will announce it, so this
+                // time the socket is read until read() says so.
+                _finOrErrorPending = true;
+            }
+
+            if (CanReceive)
+            {
+                Receive();
+            }
+            else if ((events & Libc.EPOLLERR) != 0)
+            {
+                // Not reading now (backpressure, or input done), so a read will not report the error: fetch it.
+                CheckPendingSocketError();
+            }
+        }
+
+        if ((events & Libc.EPOLLOUT) != 0 && _fd >= 0 && _waitingForWritable)
+        {
+            _waitingForWritable = false;
+            ReadOutput();
+        }
+    }
+
+    private sealed class DuplexPipe(PipeReader input, PipeWriter output) : IDuplexPipe
+    {
+        public PipeReader Input { get; } = input;
+
+        public PipeWriter Output { get; } = output;
+    }
+}

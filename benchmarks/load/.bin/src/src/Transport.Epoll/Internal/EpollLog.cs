@@ -1,0 +1,64 @@
+using Microsoft.Extensions.Logging;
+
+namespace Transport.Epoll.Internal;
+
+/// <summary>Every log line of the transport, with stable event ids (1-99: loops, 100-199: listeners, 200-299: connections).</summary>
+internal static partial class EpollLog
+{
+    [LoggerMessage(1, LogLevel.Critical, "Event loop epoll-{Loop} crashed; its connections are no longer served.")]
+    public static partial void LoopCrashed(ILogger logger, int loop, Exception exception);
+
+    [LoggerMessage(2, LogLevel.Error, "Event loop epoll-{Loop}: epoll_wait failed with {Error}.")]
+    public static partial void EpollWaitFailed(ILogger logger, int loop, string error);
+
+    [LoggerMessage(3, LogLevel.Error, "Event loop epoll-{Loop}: waking it through its eventfd failed with {Error}.")]
+    public static partial void WakeUpFailed(ILogger logger, int loop, string error);
+
+    [LoggerMessage(4, LogLevel.Error, "Event loop epoll-{Loop}: the handler of id {Id:X} threw; it is closed and the loop goes on.")]
+    public static partial void HandlerFailed(ILogger logger, int loop, ulong id, Exception exception);
+
+    [LoggerMessage(5, LogLevel.Error, "Event loop epoll-{Loop}: scheduled work threw; the loop goes on.")]
+    public static partial void ScheduledWorkFailed(ILogger logger, int loop, Exception exception);
+
+    [LoggerMessage(6, LogLevel.Debug, "Started {Count} event loops.")]
+    public static partial void LoopsStarted(ILogger logger, int count);
+
+    [LoggerMessage(7, LogLevel.Debug, "Stopped {Count} event loops.")]
+    public static partial void LoopsStopped(ILogger logger, int count);
+
+    [LoggerMessage(100, LogLevel.Debug, "Listening on {EndPoint} with {Sockets} socket(s), accept distribution {Distribution}.")]
+    public static partial void Listening(ILogger logger, string endPoint, int sockets, EpollAcceptDistribution distribution);
+
+    [LoggerMessage(101, LogLevel.Warning, "accept4 on {EndPoint} failed with {Error}: out of resources; accepting pauses for {DelayMs} ms while existing connections go on.")]
+    public static partial void AcceptBackOff(ILogger logger, string endPoint, string error, int delayMs);
+
+    [LoggerMessage(102, LogLevel.Debug, "accept4 on {EndPoint} failed with {Error} for one connection; accepting goes on.")]
+    public static partial void AcceptTransientError(ILogger logger, string endPoint, string error);
+
+    [LoggerMessage(103, LogLevel.Error, "accept4 on {EndPoint} failed with {Error}; this loop stops accepting on it.")]
+    public static partial void AcceptFailed(ILogger logger, string endPoint, string error);
+
+    [LoggerMessage(104, LogLevel.Debug, "Accepting on {EndPoint} paused: {Pending} accepted connections wait for the server to take them.")]
+    public static partial void AcceptPaused(ILogger logger, string endPoint, int pending);
+
+    [LoggerMessage(105, LogLevel.Warning, "Could not set up accepted connection on {EndPoint}: {Error}.")]
+    public static partial void ConnectionSetupFailed(ILogger logger, string endPoint, string error);
+
+    [LoggerMessage(200, LogLevel.Debug, "Connection {ConnectionId} closed: {Reason}.")]
+    public static partial void ConnectionClosed(ILogger logger, string connectionId, EpollCloseReason reason);
+
+    [LoggerMessage(201, LogLevel.Debug, "Connection {ConnectionId} reset by peer.")]
+    public static partial void ConnectionReset(ILogger logger, string connectionId);
+
+    [LoggerMessage(202, LogLevel.Warning, "Connection {ConnectionId}: socket error {Error}.")]
+    public static partial void ConnectionError(ILogger logger, string connectionId, string error);
+
+    [LoggerMessage(203, LogLevel.Debug, "Connection {ConnectionId} aborted by the application: {Reason}.")]
+    public static partial void ConnectionAborted(ILogger logger, string connectionId, string reason);
+
+    [LoggerMessage(204, LogLevel.Warning, "Connection {ConnectionId} did not finish sending within {Seconds} s of being disposed; it is aborted.")]
+    public static partial void DisposeDrainTimedOut(ILogger logger, string connectionId, int seconds);
+
+    [LoggerMessage(205, LogLevel.Error, "Connection {ConnectionId}: the application's output failed; the connection is aborted.")]
+    public static partial void OutputFailed(ILogger logger, string connectionId, Exception exception);
+}

@@ -1,0 +1,332 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using System.IO.Pipelines;
+using System.Runtime.InteropServices;
+using Microsoft.Extensions.Logging;
+using Transport.Epoll.Interop;
+
+namespace Transport.Epoll.Internal;
+
+/// <summary>
+/// One event loop: a dedicated thread named <c>epoll-N</c>, its own epoll instance, and an eventfd to wake it. It is
+/// also a <see cref="PipeScheduler"/>: work scheduled on it runs on its thread, after the I/O events of the current
+/// turn, so every connection's reads, sends and closes happen on the one thread that owns the connection.
+/// </summary>
+/// <remarks>
+/// A turn is: epoll_wait, dispatch every event (reads run the application inline when it asks for that), run the
+/// scheduled work (this is where sends happen, so all the responses produced in one turn leave in one writev per
+/// connection), then the connections that still had input after their read budget. The loop only blocks in
+/// epoll_wait when nothing is queued.
+/// </remarks>
+internal sealed unsafe partial class EpollLoop : PipeScheduler, IDisposable
+{
+    /// <summary>epoll_event.data of the loop's own eventfd. Table ids are never 0 (generations start at 1).</summary>
+    private const ulong WakeUpId = 0;
+
+    /// <summary>Events taken per epoll_wait. Large enough that a loop with thousands of busy connections needs few
+    /// syscalls per turn; 512 × 12 bytes stays in one or two pages.</summary>
+    private const int MaxEventsPerWait = 512;
+
+    // The wake-up flag (netty's scheme): Schedule writes the eventfd only when the loop may be blocked in epoll_wait.
+    private const int Awake = 0;
+    private const int Sleeping = 1;
+    private const int Woken = 2;
+
+    [ThreadStatic]
+    private static EpollLoop? t_current;
+
+    private readonly ConcurrentQueue<Work> _work = new();
+    private readonly Queue<EpollConnection> _readAgain = new();
+    private readonly Thread _thread;
+    private readonly ILogger _logger;
+    private readonly TaskCompletionSource _stopped = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private readonly int _epollFd;
+    private readonly int _eventFd;
+    private int _wakeState;
+    private volatile bool _stopRequested;
+
+    public EpollLoop(int index, ConnectionTable table, TransportContext context)
+    {
+        Index = index;
+        Table = table;
+        Context = context;
+        _logger = context.Logger;
+        MemoryPool = context.CreateMemoryPool();
+
+        _epollFd = Libc.epoll_create1(Libc.EPOLL_CLOEXEC);
+        if (_epollFd < 0)
+        {
+            throw new IOException("epoll_create1 failed: " + Errno.Describe(Errno.Last));
+        }
+
+        _eventFd = Libc.eventfd(0, Libc.EFD_CLOEXEC | Libc.EFD_NONBLOCK);
+        if (_eventFd < 0)
+        {
+            Error error = Errno.Last;
+            _ = Libc.close(_epollFd);
+            throw new IOException("eventfd failed: " + Errno.Describe(error));
+        }
+
+        // Edge-triggered: each write to the eventfd raises a new edge, so the loop never has to read it back
+        // (one syscall saved per wake-up). The counter could only overflow after 2^64-2 writes without a read;
+        // Wake handles the EAGAIN that would follow.
+        if (Libc.EpollControl(_epollFd, Libc.EPOLL_CTL_ADD, _eventFd, Libc.EPOLLIN | Libc.EPOLLET, WakeUpId) != 0)
+        {
+            Error error = Errno.Last;
+            _ = Libc.close(_eventFd);
+            _ = Libc.close(_epollFd);
+            throw new IOException("epoll_ctl(eventfd) failed: " + Errno.Describe(error));
+        }
+
+        _thread = new Thread(Run, maxStackSize: 256 * 1024)
+        {
+            Name = "epoll-" + index.ToString(System.Globalization.CultureInfo.InvariantCulture),
+            IsBackground = true,
+        };
+    }
+
+    public int Index { get; }
+
+    public ConnectionTable Table { get; }
+
+    public TransportContext Context { get; }
+
+    /// <summary>This loop's pinned memory pool: pipes of its connections rent from it.</summary>
+    public System.Buffers.MemoryPool<byte> MemoryPool { get; }
+
+    /// <summary>The iovecs and pins of this loop's writev calls (sends happen only on this thread).</summary>
+    public WriteScratch WriteScratch { get; } = new();
+
+    /// <summary>True on this loop's own thread.</summary>
+    public bool IsCurrentThread => t_current == this;
+
+    /// <summary>Completes when the thread has exited and every fd it owned is closed.</summary>
+    public Task Stopped => _stopped.Task;
+
+    public void Start() => _thread.Start();
+
+    /// <summary>Queues <paramref name="action"/> to run on this loop's thread, after the current turn's events.</summary>
+    public override void Schedule(Action<object?> action, object? state)
+    {
+        _work.Enqueue(new Work(action, state));
+        if (t_current != this)
+        {
+            Wake();
+        }
+    }
+
+    /// <summary>Registers <paramref name="fd"/> for <paramref name="events"/>, reported with <paramref name="id"/>.</summary>
+    public Error Register(int fd, uint events, ulong id)
+        => Libc.EpollControl(_epollFd, Libc.EPOLL_CTL_ADD, fd, events, id) == 0 ? Error.Success : Errno.Last;
+
+    public Error Unregister(int fd)
+        => Libc.EpollControl(_epollFd, Libc.EPOLL_CTL_DEL, fd, 0, 0) == 0 ? Error.Success : Errno.Last;
+
+    /// <summary>Asks <paramref name="connection"/> to read again next turn: it stopped at its read budget with input left.</summary>
+    public void ReadAgainNextTurn(EpollConnection connection)
+    {
+        Debug.Assert(IsCurrentThread);
+        _readAgain.Enqueue(connection);
+    }
+
+    /// <summary>Stops the loop: registered handlers are told, the thread exits, the epoll fd and eventfd are closed.</summary>
+    public Task StopAsync()
+    {
+        if ((_thread.ThreadState & System.Threading.ThreadState.Unstarted) != 0)
+        {
+            // Never started (a sibling loop failed to start): nothing runs, just release the fds.
+            if (_stopped.TrySetResult())
+            {
+                WriteScratch.Dispose();
+                _ = Libc.close(_eventFd);
+                _ = Libc.close(_epollFd);
+            }
+
+            return _stopped.Task;
+        }
+
+        _stopRequested = true;
+        Wake();
+        return _stopped.Task;
+    }
+
+    public void Dispose() => StopAsync().GetAwaiter().GetResult();
+
+    private void Wake()
+    {
+        if (Interlocked.CompareExchange(ref _wakeState, Woken, Sleeping) != Sleeping)
+        {
+            return;
+        }
+
+        ulong one = 1;
+        while (Libc.write(_eventFd, &one, sizeof(ulong)) < 0)
+        {
+            Error error = Errno.Last;
+            if (error == Error.EINTR)
+            {
+                continue;
+            }
+
+            if (error == Error.EAGAIN)
+            {
+                // The counter is at its maximum: drain it and write again (eventfd(2), "overflow").
+                ulong drained;
+                _ = Libc.read(_eventFd, &drained, sizeof(ulong));
+                continue;
+            }
+
+            EpollLog.WakeUpFailed(_logger, Index, error.ToString());
+            return;
+        }
+    }
+
+    private void Run()
+    {
+        t_current = this;
+        byte* events = (byte*)NativeMemory.AlignedAlloc((nuint)(MaxEventsPerWait * EpollEvent.Size), 64);
+        try
+        {
+            while (!_stopRequested)
+            {
+                int timeout = -1;
+                if (!_work.IsEmpty || _readAgain.Count != 0)
+                {
+                    timeout = 0;
+                }
+                else
+                {
+                    // Publish "may sleep" before the last look at the queue: a Schedule that raced with us either
+                    // sees Sleeping and writes the eventfd, or enqueued before our look and is seen here.
+                    Interlocked.Exchange(ref _wakeState, Sleeping);
+                    if (!_work.IsEmpty || _stopRequested)
+                    {
+                        timeout = 0;
+                    }
+                }
+
+                int count = Libc.epoll_wait(_epollFd, events, MaxEventsPerWait, timeout);
+                Volatile.Write(ref _wakeState, Awake);
+                if (count < 0)
+                {
+                    Error error = Errno.Last;
+                    if (error != Error.EINTR)
+                    {
+                        EpollLog.EpollWaitFailed(_logger, Index, error.ToString());
+                        Thread.Sleep(10);
+                    }
+
+                    continue;
+                }
+
+                Context.Metrics.LoopWokeUp(count);
+                for (int i = 0; i < count; i++)
+                {
+                    EpollEvent.Read(events, i, out uint flags, out ulong id);
+                    if (id == WakeUpId)
+                    {
+                        continue;
+                    }
+
+                    Dispatch(id, flags);
+                }
+
+                RunScheduledWork();
+                RunReadAgain();
+            }
+        }
+        catch (Exception ex)
+        {
+            // A bug in the loop itself (handlers catch their own). The loop's connections cannot be served any
+            // more; say so loudly rather than die silently.
+            EpollLog.LoopCrashed(_logger, Index, ex);
+        }
+        finally
+        {
+            StopHandlers();
+            RunScheduledWork();
+            NativeMemory.AlignedFree(events);
+            WriteScratch.Dispose();
+            _ = Libc.close(_eventFd);
+            _ = Libc.close(_epollFd);
+            t_current = null;
+            _stopped.TrySetResult();
+        }
+    }
+
+    private void Dispatch(ulong id, uint flags)
+    {
+        IEpollHandler? handler = Table.Find(id);
+        if (handler is null)
+        {
+            // A stale event: its handler closed earlier in this turn and the id's generation moved on.
+            Context.Metrics.StaleEventDropped();
+            return;
+        }
+
+        try
+        {
+            handler.OnEvents(flags);
+        }
+        catch (Exception ex)
+        {
+            EpollLog.HandlerFailed(_logger, Index, id, ex);
+            (handler as EpollConnection)?.CloseAfterBug(ex);
+        }
+    }
+
+    private void RunScheduledWork()
+    {
+        // Only what was queued before we started: work that queues more work (a send that re-arms) runs next turn,
+        // after the next epoll_wait, so I/O is never starved.
+        int budget = _work.Count;
+        while (budget-- > 0 && _work.TryDequeue(out Work work))
+        {
+            try
+            {
+                work.Action(work.State);
+            }
+            catch (Exception ex)
+            {
+                EpollLog.ScheduledWorkFailed(_logger, Index, ex);
+            }
+        }
+    }
+
+    private void RunReadAgain()
+    {
+        int budget = _readAgain.Count;
+        while (budget-- > 0 && _readAgain.TryDequeue(out EpollConnection? connection))
+        {
+            try
+            {
+                connection.ReadAgain();
+            }
+            catch (Exception ex)
+            {
+                EpollLog.HandlerFailed(_logger, Index, connection.Id, ex);
+                connection.CloseAfterBug(ex);
+            }
+        }
+    }
+
+    private void StopHandlers()
+    {
+        foreach (IEpollHandler handler in Table.Snapshot())
+        {
+            if (handler.Loop == this)
+            {
+                try
+                {
+                    handler.OnLoopStopping();
+                }
+                catch (Exception ex)
+                {
+                    EpollLog.HandlerFailed(_logger, Index, handler.Id, ex);
+                }
+            }
+        }
+    }
+
+    private readonly record struct Work(Action<object?> Action, object? State);
+}

@@ -1,0 +1,42 @@
+using System.Buffers;
+using System.IO.Pipelines;
+using Microsoft.AspNetCore.Connections;
+using Microsoft.Extensions.Logging;
+
+namespace Transport.Epoll.Internal;
+
+/// <summary>What every loop, listener and connection of one factory shares: options, logger, metrics, pools.</summary>
+internal sealed class TransportContext
+{
+    private readonly IMemoryPoolFactory<byte>? _memoryPoolFactory;
+
+    public TransportContext(EpollTransportOptions options, ILogger logger, EpollMetrics metrics, IMemoryPoolFactory<byte>? memoryPoolFactory)
+    {
+        Options = options;
+        Logger = logger;
+        Metrics = metrics;
+        _memoryPoolFactory = memoryPoolFactory;
+
+        // The application side runs on the thread pool unless the user asked for inline scheduling, in which case
+        // it runs on the connection's loop, inside the transport's flush of received bytes.
+        ApplicationScheduler = options.UnsafePreferInlineScheduling ? PipeScheduler.Inline : PipeScheduler.ThreadPool;
+        MaxReadBufferSize = options.MaxReadBufferSize ?? 0;
+        MaxWriteBufferSize = options.MaxWriteBufferSize ?? 0;
+    }
+
+    public EpollTransportOptions Options { get; }
+
+    public ILogger Logger { get; }
+
+    public EpollMetrics Metrics { get; }
+
+    public PipeScheduler ApplicationScheduler { get; }
+
+    public long MaxReadBufferSize { get; }
+
+    public long MaxWriteBufferSize { get; }
+
+    /// <summary>One pool per loop: Kestrel's pinned block pool when the host provides it, so the kernel can be
+    /// handed pointers into it without pinning per call.</summary>
+    public MemoryPool<byte> CreateMemoryPool() => _memoryPoolFactory?.Create() ?? MemoryPool<byte>.Shared;
+}
