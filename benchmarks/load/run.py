@@ -636,8 +636,9 @@ def parse_tcpload(out: str) -> dict:
 
 
 class Runner:
-    def __init__(self, args, loads, variants, workdir: Path, log):
+    def __init__(self, args, loads, variants, workdir: Path, log, started: float):
         self.args = args
+        self.started = started
         self.loads = loads
         self.variants = variants
         self.workdir = workdir
@@ -681,6 +682,8 @@ class Runner:
         else:
             r["cost"] = None
         r["command"] = " ".join(shlex.quote(c) for c in cmd)
+        if load.tool in ("wrk", "h2load"):
+            r["output"] = out[-1500:]
         if not server.alive():
             r["failure"] = (r.get("failure", "") + f"; the server exited ({server.proc.returncode})").lstrip("; ")
         return r
@@ -769,12 +772,61 @@ class Runner:
             raise
         return server
 
-    def session(self, variant: Variant, rnd: int):
+    # ---- the plan, and what is left of it (for the time budget) ----
+
+    @staticmethod
+    def warm_key(load: Load) -> str:
+        """The server code path a load exercises: its HTTP path, or the raw echo handler."""
+        return load.path if load.http else "echo"
+
+    def session_loads(self, variant: Variant) -> list:
         loads = [l for l in self.loads if variant.kind == "dotnet" or (l.http and l.tool in ("wrk", "h2load"))]
         # Idle memory first, on a fresh server: after the other loads its pools would hold spare memory.
-        loads.sort(key=lambda l: l.tool != "idle")
+        return sorted(loads, key=lambda l: l.tool != "idle")
+
+    def load_costs(self, loads: list) -> list:
+        """Nominal seconds per load in a session, following the warm-up policy of session()."""
+        costs, warm = [], set()
+        for load in loads:
+            if load.tool == "idle":
+                costs.append(3.0 + self.args.idle_settle)
+                continue
+            cost = self.args.window + 0.15
+            if not warm:
+                cost += self.args.session_warmup
+                warm.add(self.warm_key(LOADS_BY_NAME["plaintext64"] if load.http else load))
+            if self.wants_warmup(load, warm):
+                cost += self.args.warmup
+            warm.add(self.warm_key(load))
+            costs.append(cost)
+        return costs
+
+    def session_cost(self, variant: Variant) -> float:
+        loads = self.session_loads(variant)
+        return (1.0 + sum(self.load_costs(loads))) if loads else 0.0
+
+    def wants_warmup(self, load: Load, warmed: set) -> bool:
+        # Full runs warm up before every load. Quick runs only when the load's code path is new to this server
+        # (plaintext at 16 connections after plaintext at 1 needs none): that is what fits them in 2 minutes.
+        return self.args.warmup > 0 and (not self.args.quick or self.warm_key(load) not in warmed)
+
+    def may_rerun(self, remaining: float) -> bool:
+        """A dropped sample is measured again only if the run still ends within its time budget."""
+        if self.args.budget <= 0:
+            return True
+        return time.monotonic() - self.started + remaining + self.args.window + 0.3 <= self.args.budget
+
+    def run(self):
+        plan = [(rnd, v) for rnd in range(1, self.args.rounds + 1) for v in self.variants]
+        costs = [self.session_cost(v) for _, v in plan]
+        for k, (rnd, variant) in enumerate(plan):
+            self.session(variant, rnd, later=sum(costs[k + 1:]))
+
+    def session(self, variant: Variant, rnd: int, later: float = 0.0):
+        loads = self.session_loads(variant)
         if not loads:
             return
+        costs = self.load_costs(loads)
         echo = any(l.tool in ("pingpong", "bulk") for l in loads)
         info = {"variant": variant.name, "round": rnd, "restarts": 0, "log_problems": []}
         self.sessions.append(info)
@@ -790,6 +842,7 @@ class Runner:
         info["log"] = str(server.log_path.relative_to(REPO))
         info["command"] = " ".join(shlex.quote(c) for c in server.cmd)
         self.log(f"round {rnd}, {variant.name}: ready in {server.ready_s:.2f} s (pid {server.pid})")
+        warmed = set()
         try:
             for i, load in enumerate(loads):
                 if not server.alive() or not http_ok(server.port, timeout=3.0):
@@ -799,6 +852,7 @@ class Runner:
                     info["log_problems"] += server.problems_in_log()
                     server.stop()
                     info["restarts"] += 1
+                    warmed = set()
                     try:
                         server = self.start_server(variant, echo, f"r{rnd}-restart{info['restarts']}")
                     except ServerFailure as e:
@@ -813,24 +867,31 @@ class Runner:
                     self.record(load, variant, rnd, 1, r, dropped=False)
                     self.log(f"  {load.name:<13} {r['rate']:>10.0f} bytes/conn  (RSS {r['rss_before_kib'] / 1024:.1f}"
                              f" -> {r['rss_after_kib'] / 1024:.1f} MiB, {r['fds_accepted']} accepted)"
-                             + (f"  FAILURE: {r['failure']}" if r.get("failure") else ""))
+                             + (f"  [{r['failure']}]" if r.get("failure") else ""))
                     continue
-                if not getattr(server, "warmed", False):
+                if not warmed and self.args.session_warmup > 0:
                     # Once per server: JIT and pools warm before the first measured load.
                     warm_load = LOADS_BY_NAME["plaintext64"] if load.http else load
                     run_bounded(loadgen_command(warm_load, server, self.args.session_warmup, self.args.client_cpu,
                                                 self.lua), timeout=self.args.session_warmup + 20)
-                    server.warmed = True
-                r = self.run_load(load, server, self.args.warmup, self.args.window)
+                    warmed.add(self.warm_key(warm_load))
+                warmup = self.args.warmup if self.wants_warmup(load, warmed) else 0
+                warmed.add(self.warm_key(load))
+                r = self.run_load(load, server, warmup, self.args.window)
                 attempt = 1
                 if self.noisy(r):
                     reason = f"others used {r['others_core_share'] * 100:.0f}% of a core"
-                    self.record(load, variant, rnd, attempt, r, dropped=True, reason=reason)
-                    self.log(f"  {load.name:<13} dropped ({reason}); again")
-                    attempt = 2
-                    r = self.run_load(load, server, min(self.args.warmup, 1), self.args.window)
-                    if self.noisy(r):
+                    if self.may_rerun(sum(costs[i + 1:]) + later):
+                        self.record(load, variant, rnd, attempt, r, dropped=True, reason=reason)
+                        self.log(f"  {load.name:<13} dropped ({reason}); again")
+                        attempt = 2
+                        # No warm-up: the dropped run was one.
+                        r = self.run_load(load, server, 0, self.args.window)
+                        if self.noisy(r):
+                            r["noisy"] = True
+                    else:
                         r["noisy"] = True
+                        r["noisy_note"] = "not run again: the time budget is spent"
                 self.record(load, variant, rnd, attempt, r, dropped=False)
                 self.log_sample(load, r)
         finally:
@@ -861,11 +922,6 @@ class Runner:
         self.log(f"  {load.name:<13} {rate:>10.1f} {load.unit}{lat}{cost}; server {r['server_core_share'] * 100:.0f}%"
                  f", load-gen {r['loadgen_core_share'] * 100:.0f}%, others {r['others_core_share'] * 100:.0f}%"
                  + (f"  [{'; '.join(flags)}]" if flags else ""))
-
-    def run(self):
-        for rnd in range(1, self.args.rounds + 1):
-            for variant in self.variants:
-                self.session(variant, rnd)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1150,26 +1206,12 @@ def machine_info() -> dict:
             "affinity": sorted(os.sched_getaffinity(0))}
 
 
-def estimate_seconds(args, loads, variants) -> float:
-    total = 0.0
-    for v in variants:
-        mine = [l for l in loads if v.kind == "dotnet" or (l.http and l.tool in ("wrk", "h2load"))]
-        if not mine:
-            continue
-        session = 1.0
-        if any(l.tool != "idle" for l in mine):
-            session += args.session_warmup + 0.3
-        for l in mine:
-            session += 4.0 if l.tool == "idle" else args.warmup + args.window + 0.15
-        total += session * args.rounds
-    return total
-
-
 def parse_args(argv):
     p = argparse.ArgumentParser(
         description="Side-by-side load test of the epoll transport and Kestrel's Sockets transport (see README.md).")
     p.add_argument("--quick", action="store_true",
-                   help="1 round, 1 s warm-up + 1 s window per sample: under 2 minutes")
+                   help="1 round, 2 s windows, warm-up only when a load's code path is new to the server: "
+                        "under 2 minutes")
     p.add_argument("--loads", help="comma-separated, from: " + ", ".join(l.name for l in LOADS) + " (default: all)")
     p.add_argument("--variants", help="comma-separated variant names (default: sockets,epoll,epoll-inline, "
                                       "plus nginx with --nginx, plus every --variant)")
@@ -1179,9 +1221,12 @@ def parse_args(argv):
     p.add_argument("--nginx", action="store_true", help="add nginx (1 worker, return 200) as a reference")
     p.add_argument("--rounds", type=int, help="rounds, interleaved (default 3; 1 with --quick)")
     p.add_argument("--warmup", type=int, help="whole seconds of load before each window (default 1; 1 with --quick)")
-    p.add_argument("--window", type=int, help="whole seconds measured per sample (default 3; 1 with --quick)")
+    p.add_argument("--window", type=int, help="whole seconds measured per sample (default 3; 2 with --quick)")
     p.add_argument("--session-warmup", type=int,
                    help="whole seconds of plaintext load once per server start (default 3; 2 with --quick)")
+    p.add_argument("--budget", type=float,
+                   help="seconds the whole run may take (default 590; 115 with --quick): dropped samples are run "
+                        "again only while the plan still fits; 0: no limit")
     p.add_argument("--noise-threshold", type=float, default=0.10,
                    help="drop a sample when other processes used more than this share of one core (default 0.10)")
     p.add_argument("--idle-conns", type=int, default=10000, help="connections for the idle load (default 10000)")
@@ -1192,7 +1237,7 @@ def parse_args(argv):
     p.add_argument("--no-build", action="store_true", help="use the sample already in .bin/WebApp")
     p.add_argument("--out", type=Path, default=HERE / "results", help="results folder (default: results/)")
     args = p.parse_args(argv)
-    defaults = {"rounds": (3, 1), "warmup": (1, 1), "window": (3, 1), "session_warmup": (3, 2)}
+    defaults = {"rounds": (3, 1), "warmup": (1, 1), "window": (3, 2), "session_warmup": (3, 2), "budget": (590, 115)}
     for key, (full, quick) in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, quick if args.quick else full)
@@ -1285,11 +1330,12 @@ def main(argv=None) -> int:
                 digest = build_sample(log)
         if any(l.tool in ("pingpong", "bulk", "idle") for l in loads):
             build_tcpload(log)
-        estimate = estimate_seconds(args, loads, variants)
+        runner = Runner(args, loads, variants, workdir, log, started)
+        estimate = sum(runner.session_cost(v) for v in variants) * args.rounds
         log(f"plan: {len(loads)} loads × {len(variants)} variants × {args.rounds} round(s), "
-            f"{args.warmup:g} s warm-up + {args.window:g} s window: about {estimate / 60:.1f} min of measuring"
-            + (" (over 10 minutes: cut --rounds or --window)" if estimate > 600 else ""))
-        runner = Runner(args, loads, variants, workdir, log)
+            f"{args.warmup} s warm-up + {args.window} s window per sample: about {estimate / 60:.1f} min of measuring"
+            + (f"; over the time budget of {args.budget:.0f} s (cut --rounds or --window)"
+               if args.budget > 0 and time.monotonic() - started + estimate > args.budget else ""))
         runner.run()
 
         # Results
@@ -1304,7 +1350,7 @@ def main(argv=None) -> int:
             "machine": machine_info(),
             "dotnet": dotnet,
             "tools": {t: (shutil.which(t) or "") for t in ("wrk", "h2load", "nginx", "gcc")},
-            "settings": {"rounds": args.rounds, "warmup_s": args.warmup, "window_s": args.window,
+            "settings": {"budget_s": args.budget, "rounds": args.rounds, "warmup_s": args.warmup, "window_s": args.window,
                          "session_warmup_s": args.session_warmup, "server_cpu": args.server_cpu,
                          "client_cpu": args.client_cpu, "idle_conns": args.idle_conns, "quick": args.quick},
             "noise": {"threshold": args.noise_threshold,
