@@ -66,4 +66,36 @@ public sealed class EpollTransportOptions
     /// </summary>
     /// <remarks>Defaults to <see langword="false"/>.</remarks>
     public bool AllowHalfOpen { get; set; }
+
+    /// <summary>
+    /// Closes a connection that saw no successful read or write for this long, with the close reason
+    /// <see cref="EpollCloseReason.IdleTimeout"/> (libsock's touch). For raw protocols without a timeout of their own;
+    /// HTTP has Kestrel's <c>KeepAliveTimeout</c> and request timeouts. Checked by each loop every eighth of the
+    /// timeout (at most every second), so a connection closes between 1 and 1.125 times the timeout after it went quiet.
+    /// </summary>
+    /// <remarks>Defaults to <see langword="null"/> (off). Allowed: 10 ms to 24 hours.</remarks>
+    public TimeSpan? IdleTimeout { get; set; }
+
+    /// <summary>
+    /// Turns on TCP keepalive (<c>SO_KEEPALIVE</c>) and sends the first probe after the connection was quiet this
+    /// long (<c>TCP_KEEPIDLE</c>), so a peer that vanished without a FIN or RST is detected.
+    /// </summary>
+    /// <remarks>Defaults to <see langword="null"/>: keepalive off (the kernel's default). Allowed: 1 s to 24 hours.</remarks>
+    public TimeSpan? TcpKeepAliveTime { get; set; }
+
+    /// <summary>Time between keepalive probes (<c>TCP_KEEPINTVL</c>); used only with <see cref="TcpKeepAliveTime"/>.</summary>
+    /// <remarks>Defaults to <see langword="null"/>: the kernel's (net.ipv4.tcp_keepalive_intvl, 75 s). Allowed: 1 s to 1 hour.</remarks>
+    public TimeSpan? TcpKeepAliveInterval { get; set; }
+
+    /// <summary>Unanswered keepalive probes before the connection is dropped (<c>TCP_KEEPCNT</c>); used only with
+    /// <see cref="TcpKeepAliveTime"/>.</summary>
+    /// <remarks>Defaults to <see langword="null"/>: the kernel's (net.ipv4.tcp_keepalive_probes, 9). Allowed: 1 to 127.</remarks>
+    public int? TcpKeepAliveProbeCount { get; set; }
+
+    /// <summary>
+    /// How long sent data may stay unacknowledged before the kernel drops the connection (<c>TCP_USER_TIMEOUT</c>,
+    /// tcp(7)): detects a dead peer while the server is sending, which keepalive does not.
+    /// </summary>
+    /// <remarks>Defaults to <see langword="null"/>: the kernel's retransmission limits (about 15 minutes). Allowed: 1 s to 24 hours.</remarks>
+    public TimeSpan? TcpUserTimeout { get; set; }
 }

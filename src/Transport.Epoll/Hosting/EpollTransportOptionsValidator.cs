@@ -40,6 +40,23 @@ internal sealed class EpollTransportOptionsValidator : IValidateOptions<EpollTra
             failures.Add($"EpollTransportOptions.AcceptDistribution is {(int)options.AcceptDistribution}; it must be ReusePort or Exclusive.");
         }
 
+        CheckRange(failures, nameof(options.IdleTimeout), options.IdleTimeout, TimeSpan.FromMilliseconds(10), TimeSpan.FromHours(24));
+        CheckRange(failures, nameof(options.TcpKeepAliveTime), options.TcpKeepAliveTime, TimeSpan.FromSeconds(1), TimeSpan.FromHours(24));
+        CheckRange(failures, nameof(options.TcpKeepAliveInterval), options.TcpKeepAliveInterval, TimeSpan.FromSeconds(1), TimeSpan.FromHours(1));
+        CheckRange(failures, nameof(options.TcpUserTimeout), options.TcpUserTimeout, TimeSpan.FromSeconds(1), TimeSpan.FromHours(24));
+        if (options.TcpKeepAliveProbeCount is < 1 or > 127)
+        {
+            failures.Add($"EpollTransportOptions.TcpKeepAliveProbeCount is {options.TcpKeepAliveProbeCount}; it must be between 1 and 127, or null for the kernel's default.");
+        }
+
         return failures.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(failures);
+    }
+
+    private static void CheckRange(List<string> failures, string name, TimeSpan? value, TimeSpan min, TimeSpan max)
+    {
+        if (value is { } v && (v < min || v > max))
+        {
+            failures.Add($"EpollTransportOptions.{name} is {v}; it must be between {min} and {max}, or null for off.");
+        }
     }
 }

@@ -67,7 +67,7 @@ internal sealed unsafe class AcceptRegistration : IEpollHandler
             }
 
             int length = Libc.SockAddrStorageSize;
-            int fd = Libc.accept4(_socket.Fd, address, &length, Libc.SOCK_NONBLOCK | Libc.SOCK_CLOEXEC);
+            int fd = Libc.Accept(_socket.Fd, address, &length);
             if (fd < 0)
             {
                 Error error = Errno.Last;

@@ -70,6 +70,16 @@ internal sealed partial class EpollConnection
     public void OnLoopStopping()
         => AbortOnLoop(new ConnectionAbortedException("The epoll transport is shutting down."), EpollCloseReason.TransportShutdown);
 
+    /// <summary>No successful read or write for IdleTimeout: close with a FIN (nothing is pending to drop).</summary>
+    public void CloseIdle()
+    {
+        var reason = new ConnectionAbortedException($"The connection saw no read or write for {_context.Options.IdleTimeout}.");
+        SetCloseReason(EpollCloseReason.IdleTimeout, reason, overrideGraceful: true);
+        CompleteInput(reason);
+        CompleteOutput(null);
+        CloseFd();
+    }
+
     /// <summary>A handler threw on the loop: close this connection and let the loop serve the others.</summary>
     public void CloseAfterBug(Exception ex)
         => AbortOnLoop(new ConnectionAbortedException("The epoll transport failed on this connection.", ex), EpollCloseReason.Error);
@@ -192,6 +202,7 @@ internal sealed partial class EpollConnection
         }
 
         Loop.Table.Remove(Id);
+        Loop.RemoveConnection(this);
         Volatile.Write(ref _fd, -1);
         _ = Libc.close(fd);
 

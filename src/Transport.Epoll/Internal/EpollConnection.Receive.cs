@@ -61,8 +61,11 @@ internal sealed partial class EpollConnection
             nint received;
             using (MemoryHandle pin = memory.Pin())
             {
-                received = Libc.read(_fd, pin.Pointer, (nuint)memory.Length);
+                received = Libc.ReadSocket(_fd, pin.Pointer, (nuint)memory.Length);
             }
+
+            LoopCounters counters = Loop.Counters;
+            counters.Reads++;
 
             if (received > 0)
             {
@@ -71,10 +74,12 @@ internal sealed partial class EpollConnection
                 if (received < memory.Length && !_finOrErrorPending)
                 {
                     _readable = false;
+                    RearmIfFaultInjected();
                 }
 
                 writer.Advance((int)received);
-                _context.Metrics.BytesReceived(received);
+                counters.BytesReceived += received;
+                _lastActivity = Loop.Now;
 #pragma warning disable CA2012 // consumed once: here when complete, else in OnInputFlushCompleted
                 _flushTask = writer.FlushAsync();
 #pragma warning restore CA2012
@@ -101,7 +106,9 @@ internal sealed partial class EpollConnection
                 Error error = Errno.Last;
                 if (error == Error.EAGAIN)
                 {
+                    counters.WouldBlock++;
                     _readable = false;
+                    RearmIfFaultInjected();
                 }
                 else if (error != Error.EINTR)
                 {
@@ -166,6 +173,18 @@ internal sealed partial class EpollConnection
 
         _receiveCompleted = true;
         _input.Writer.Complete(error);
+    }
+
+    /// <summary>
+    /// An EAGAIN made up by the fault-injection seam left the kernel's readiness untouched, so no new edge will come:
+    /// EPOLL_CTL_MOD re-checks readiness and queues the event again if the socket is ready (epoll_ctl(2)).
+    /// </summary>
+    private void RearmIfFaultInjected()
+    {
+        if (FaultInjection.IsEnabled && FaultInjection.TakeInjectedWouldBlock())
+        {
+            _ = Loop.Rearm(_fd, ConnectionEvents, Id);
+        }
     }
 
     private unsafe void CheckPendingSocketError()

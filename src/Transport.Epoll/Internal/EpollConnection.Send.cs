@@ -92,7 +92,8 @@ internal sealed partial class EpollConnection
             if (written < buffer.Length)
             {
                 // The kernel took part of it; the rest waits for EPOLLOUT (registered once, edge-triggered).
-                _context.Metrics.PartialWrite();
+                Loop.Counters.PartialWrites++;
+                RearmIfFaultInjected();
                 reader.AdvanceTo(buffer.GetPosition(written));
                 _waitingForWritable = true;
                 return false;
@@ -155,6 +156,8 @@ internal sealed partial class EpollConnection
             while (written < 0 && Errno.Last == Error.EINTR);
 
             Error lastError = written < 0 ? Errno.Last : Error.Success;
+            LoopCounters counters = Loop.Counters;
+            counters.Writes++;
             for (int i = 0; i < count; i++)
             {
                 pins[i].Dispose();
@@ -166,12 +169,18 @@ internal sealed partial class EpollConnection
                 {
                     error = lastError;
                 }
+                else
+                {
+                    counters.WouldBlock++;
+                    RearmIfFaultInjected();
+                }
 
                 return total;
             }
 
             total += written;
-            _context.Metrics.BytesSent(written);
+            counters.BytesSent += written;
+            _lastActivity = Loop.Now;
             if (written < batch)
             {
                 return total;

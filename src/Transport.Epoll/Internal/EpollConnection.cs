@@ -16,6 +16,10 @@ namespace Transport.Epoll.Internal;
 /// </summary>
 internal sealed partial class EpollConnection : ConnectionContext, IEpollHandler
 {
+    /// <summary>Registered once for the connection's life, edge-triggered: backpressure and partial writes then need no
+    /// epoll_ctl at all (readiness is remembered in flags, see <see cref="OnEvents"/>).</summary>
+    public const uint ConnectionEvents = Libc.EPOLLIN | Libc.EPOLLOUT | Libc.EPOLLRDHUP | Libc.EPOLLET;
+
     private readonly TransportContext _context;
     private readonly ILogger _logger;
     private readonly Pipe _input;
@@ -24,11 +28,13 @@ internal sealed partial class EpollConnection : ConnectionContext, IEpollHandler
     private int _fd;
     private string? _connectionId;
     private IDictionary<object, object?>? _items;
+    private long _lastActivity;
 
     public EpollConnection(int fd, EpollLoop loop, EndPoint? localEndPoint, EndPoint? remoteEndPoint)
     {
         _fd = fd;
         Loop = loop;
+        _lastActivity = loop.Now;
         _context = loop.Context;
         _logger = _context.Logger;
         LocalEndPoint = localEndPoint;
@@ -65,6 +71,14 @@ internal sealed partial class EpollConnection : ConnectionContext, IEpollHandler
 
     public ulong Id { get; set; }
 
+    /// <summary>Links in the owning loop's list of connections (see EpollLoop.Connections.cs).</summary>
+    public EpollConnection? NextOnLoop { get; set; }
+
+    public EpollConnection? PreviousOnLoop { get; set; }
+
+    /// <summary>When the last successful read or write happened, in the loop's <see cref="EpollLoop.Now"/> clock.</summary>
+    public long LastActivity => _lastActivity;
+
     public EpollLoop Loop { get; }
 
     public MemoryPool<byte> MemoryPool { get; }
@@ -94,7 +108,11 @@ internal sealed partial class EpollConnection : ConnectionContext, IEpollHandler
     public override EndPoint? RemoteEndPoint { get; set; }
 
     /// <summary>Starts the send side; the receive side starts with the first EPOLLIN.</summary>
-    public void Start() => ReadOutput();
+    public void Start()
+    {
+        Loop.AddConnection(this);
+        ReadOutput();
+    }
 
     public void OnEvents(uint events)
     {

@@ -138,9 +138,9 @@ internal sealed class EpollConnectionListener : IConnectionListener
             return;
         }
 
-        if (socket.IsTcp && Context.Options.NoDelay)
+        if (socket.IsTcp)
         {
-            _ = Libc.SetIntOption(fd, Libc.IPPROTO_TCP, Libc.TCP_NODELAY, 1);
+            TcpOptions.Apply(fd, Context.Options);
         }
 
         EndPoint? local = socket.EndPoint is IPEndPoint ip && (ip.Address.Equals(IPAddress.Any) || ip.Address.Equals(IPAddress.IPv6Any))
@@ -150,9 +150,7 @@ internal sealed class EpollConnectionListener : IConnectionListener
         var connection = new EpollConnection(fd, loop, local, remote);
         loop.Table.Add(connection);
 
-        // Registered once for its whole life, edge-triggered: backpressure and partial writes then need no
-        // epoll_ctl at all (see EpollConnection.OnEvents).
-        Error error = loop.Register(fd, Libc.EPOLLIN | Libc.EPOLLOUT | Libc.EPOLLRDHUP | Libc.EPOLLET, connection.Id);
+        Error error = loop.Register(fd, EpollConnection.ConnectionEvents, connection.Id);
         if (error != Error.Success)
         {
             EpollLog.ConnectionSetupFailed(Logger, EndPoint.ToString() ?? "?", error.ToString());

@@ -52,6 +52,9 @@ internal sealed unsafe partial class EpollLoop : PipeScheduler, IDisposable
         Context = context;
         _logger = context.Logger;
         MemoryPool = context.CreateMemoryPool();
+        Counters = context.Metrics.AddLoop();
+        _idleTimeoutMs = (long)(context.Options.IdleTimeout?.TotalMilliseconds ?? 0);
+        _idleScanIntervalMs = Math.Clamp(_idleTimeoutMs / 8, 1, 1000);
 
         _epollFd = Libc.epoll_create1(Libc.EPOLL_CLOEXEC);
         if (_epollFd < 0)
@@ -94,6 +97,15 @@ internal sealed unsafe partial class EpollLoop : PipeScheduler, IDisposable
     /// <summary>This loop's pinned memory pool: pipes of its connections rent from it.</summary>
     public System.Buffers.MemoryPool<byte> MemoryPool { get; }
 
+    /// <summary>This loop's syscall and byte counts (written only by this thread).</summary>
+    public LoopCounters Counters { get; }
+
+    /// <summary>
+    /// <see cref="Environment.TickCount64"/> as of this turn's wake-up: what a read or write stores to "touch" its
+    /// connection (libsock's sock_touch), so touching costs a field store, not a clock read.
+    /// </summary>
+    public long Now { get; private set; } = Environment.TickCount64;
+
     /// <summary>The iovecs and pins of this loop's writev calls (sends happen only on this thread).</summary>
     public WriteScratch WriteScratch { get; } = new();
 
@@ -118,6 +130,10 @@ internal sealed unsafe partial class EpollLoop : PipeScheduler, IDisposable
     /// <summary>Registers <paramref name="fd"/> for <paramref name="events"/>, reported with <paramref name="id"/>.</summary>
     public Error Register(int fd, uint events, ulong id)
         => Libc.EpollControl(_epollFd, Libc.EPOLL_CTL_ADD, fd, events, id) == 0 ? Error.Success : Errno.Last;
+
+    /// <summary>EPOLL_CTL_MOD with the same interest: the kernel re-checks readiness and queues an event if ready.</summary>
+    public Error Rearm(int fd, uint events, ulong id)
+        => Libc.EpollControl(_epollFd, Libc.EPOLL_CTL_MOD, fd, events, id) == 0 ? Error.Success : Errno.Last;
 
     public Error Unregister(int fd)
         => Libc.EpollControl(_epollFd, Libc.EPOLL_CTL_DEL, fd, 0, 0) == 0 ? Error.Success : Errno.Last;
@@ -189,7 +205,7 @@ internal sealed unsafe partial class EpollLoop : PipeScheduler, IDisposable
         {
             while (!_stopRequested)
             {
-                int timeout = -1;
+                int timeout = IdleWaitTimeout();
                 if (!_work.IsEmpty || _readAgain.Count != 0)
                 {
                     timeout = 0;
@@ -205,7 +221,7 @@ internal sealed unsafe partial class EpollLoop : PipeScheduler, IDisposable
                     }
                 }
 
-                int count = Libc.epoll_wait(_epollFd, events, MaxEventsPerWait, timeout);
+                int count = Libc.Wait(_epollFd, events, MaxEventsPerWait, timeout);
                 Volatile.Write(ref _wakeState, Awake);
                 if (count < 0)
                 {
@@ -219,6 +235,9 @@ internal sealed unsafe partial class EpollLoop : PipeScheduler, IDisposable
                     continue;
                 }
 
+                Counters.EpollWaits++;
+                Counters.Events += count;
+                Now = Environment.TickCount64;
                 Context.Metrics.LoopWokeUp(count);
                 for (int i = 0; i < count; i++)
                 {
@@ -233,6 +252,7 @@ internal sealed unsafe partial class EpollLoop : PipeScheduler, IDisposable
 
                 RunScheduledWork();
                 RunReadAgain();
+                CloseIdleConnections();
             }
         }
         catch (Exception ex)
@@ -247,6 +267,7 @@ internal sealed unsafe partial class EpollLoop : PipeScheduler, IDisposable
             RunScheduledWork();
             NativeMemory.AlignedFree(events);
             WriteScratch.Dispose();
+            Context.Metrics.RemoveLoop(Counters);
             _ = Libc.close(_eventFd);
             _ = Libc.close(_epollFd);
             t_current = null;

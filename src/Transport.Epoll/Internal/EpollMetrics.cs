@@ -3,47 +3,97 @@ using System.Diagnostics.Metrics;
 namespace Transport.Epoll.Internal;
 
 /// <summary>
-/// The transport's counters, on a <see cref="Meter"/> named <see cref="MeterName"/> (watch it with
-/// <c>dotnet-counters monitor --counters Transport.Epoll</c>). Counters are process-wide totals: a
-/// <see cref="Counter{T}.Add(T)"/> on an instrument nobody listens to costs a branch.
+/// The transport's instruments, on a <see cref="Meter"/> named <see cref="MeterName"/>; watch them with
+/// <c>dotnet-counters monitor --counters Transport.Epoll -p PID</c>. Per-byte and per-syscall figures are kept by each
+/// loop in <see cref="LoopCounters"/> and summed only when observed; per-connection events use ordinary counters.
 /// </summary>
 internal sealed class EpollMetrics : IDisposable
 {
     public const string MeterName = "Transport.Epoll";
 
     private readonly Meter _meter;
+    private readonly Lock _lock = new();
+    private readonly List<LoopCounters> _live = [];
+    private readonly LoopCounters _retired = new();
     private readonly Counter<long> _accepted;
     private readonly Counter<long> _closed;
     private readonly UpDownCounter<long> _active;
-    private readonly Counter<long> _bytesReceived;
-    private readonly Counter<long> _bytesSent;
-    private readonly Counter<long> _partialWrites;
     private readonly Counter<long> _acceptBackOffs;
     private readonly Counter<long> _staleEvents;
     private readonly Histogram<int> _eventsPerWakeUp;
+    private long _activeCount;
 
     public EpollMetrics(IMeterFactory? meterFactory = null)
     {
         _meter = meterFactory?.Create(MeterName) ?? new Meter(MeterName);
         _accepted = _meter.CreateCounter<long>("epoll.connections.accepted", "{connection}", "Connections accepted.");
-        _closed = _meter.CreateCounter<long>("epoll.connections.closed", "{connection}", "Connections closed, by close reason.");
+        _closed = _meter.CreateCounter<long>("epoll.connections.closed", "{connection}", "Connections closed, tagged with the close reason.");
         _active = _meter.CreateUpDownCounter<long>("epoll.connections.active", "{connection}", "Connections open now.");
-        _bytesReceived = _meter.CreateCounter<long>("epoll.bytes.received", "By", "Bytes read from sockets.");
-        _bytesSent = _meter.CreateCounter<long>("epoll.bytes.sent", "By", "Bytes written to sockets.");
-        _partialWrites = _meter.CreateCounter<long>("epoll.writes.partial", "{write}", "Writes the kernel took only part of (the rest waits for EPOLLOUT).");
         _acceptBackOffs = _meter.CreateCounter<long>("epoll.accept.backoffs", "{backoff}", "Times accepting paused because the process ran out of file descriptors or memory.");
         _staleEvents = _meter.CreateCounter<long>("epoll.events.stale", "{event}", "Events dropped because their connection id was no longer live.");
-        _eventsPerWakeUp = _meter.CreateHistogram<int>("epoll.loop.events_per_wakeup", "{event}", "Events returned by one epoll_wait.");
+        _eventsPerWakeUp = _meter.CreateHistogram<int>("epoll.loop.events_per_wakeup", "{event}", "Events returned by one epoll_wait that returned any.");
+
+        _meter.CreateObservableCounter("epoll.bytes.received", () => Sum().BytesReceived, "By", "Bytes read from sockets.");
+        _meter.CreateObservableCounter("epoll.bytes.sent", () => Sum().BytesSent, "By", "Bytes written to sockets.");
+        _meter.CreateObservableCounter("epoll.syscalls.read", () => Sum().Reads, "{call}", "read(2) calls on connections.");
+        _meter.CreateObservableCounter("epoll.syscalls.write", () => Sum().Writes, "{call}", "sendmsg(2) calls on connections.");
+        _meter.CreateObservableCounter("epoll.syscalls.epoll_wait", () => Sum().EpollWaits, "{call}", "epoll_wait(2) calls.");
+        _meter.CreateObservableCounter("epoll.events", () => Sum().Events, "{event}", "Events returned by epoll_wait.");
+        _meter.CreateObservableCounter("epoll.eagain", () => Sum().WouldBlock, "{call}", "Reads and writes that returned EAGAIN.");
+        _meter.CreateObservableCounter("epoll.writes.partial", () => Sum().PartialWrites, "{call}", "Writes the kernel took only part of (the rest waits for EPOLLOUT).");
+    }
+
+    /// <summary>Connections open now, across every loop of this factory.</summary>
+    public long ActiveConnections => Volatile.Read(ref _activeCount);
+
+    /// <summary>Totals over every loop, live and stopped.</summary>
+    public LoopCounters Sum()
+    {
+        var total = new LoopCounters();
+        lock (_lock)
+        {
+            _retired.AddTo(total);
+            foreach (LoopCounters counters in _live)
+            {
+                counters.AddTo(total);
+            }
+        }
+
+        return total;
+    }
+
+    public LoopCounters AddLoop()
+    {
+        var counters = new LoopCounters();
+        lock (_lock)
+        {
+            _live.Add(counters);
+        }
+
+        return counters;
+    }
+
+    public void RemoveLoop(LoopCounters counters)
+    {
+        lock (_lock)
+        {
+            if (_live.Remove(counters))
+            {
+                counters.AddTo(_retired);
+            }
+        }
     }
 
     public void ConnectionAccepted()
     {
+        Interlocked.Increment(ref _activeCount);
         _accepted.Add(1);
         _active.Add(1);
     }
 
     public void ConnectionClosed(EpollCloseReason reason)
     {
+        Interlocked.Decrement(ref _activeCount);
         _active.Add(-1);
         if (_closed.Enabled)
         {
@@ -51,19 +101,13 @@ internal sealed class EpollMetrics : IDisposable
         }
     }
 
-    public void BytesReceived(long count) => _bytesReceived.Add(count);
-
-    public void BytesSent(long count) => _bytesSent.Add(count);
-
-    public void PartialWrite() => _partialWrites.Add(1);
-
     public void AcceptBackOff() => _acceptBackOffs.Add(1);
 
     public void StaleEventDropped() => _staleEvents.Add(1);
 
     public void LoopWokeUp(int events)
     {
-        if (_eventsPerWakeUp.Enabled)
+        if (events > 0 && _eventsPerWakeUp.Enabled)
         {
             _eventsPerWakeUp.Record(events);
         }

@@ -19,6 +19,10 @@ internal static unsafe partial class Libc
     public const int IPPROTO_TCP = 6;
     public const int IPPROTO_IPV6 = 41;
     public const int TCP_NODELAY = 1;
+    public const int TCP_KEEPIDLE = 4;
+    public const int TCP_KEEPINTVL = 5;
+    public const int TCP_KEEPCNT = 6;
+    public const int TCP_USER_TIMEOUT = 18;
     public const int IPV6_V6ONLY = 26;
 
     [StructLayout(LayoutKind.Sequential)]

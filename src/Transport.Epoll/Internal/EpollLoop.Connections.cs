@@ -1,0 +1,89 @@
+namespace Transport.Epoll.Internal;
+
+/// <summary>
+/// The loop's own list of its connections (intrusive, so adding and removing allocate nothing) and the idle check
+/// that walks it. A read or write only stores <see cref="Now"/> in its connection; the loop looks every
+/// <c>IdleTimeout / 8</c> (at most every second) and closes connections quiet for the whole timeout. Walking a list
+/// of 10,000 connections costs microseconds, a few times a second: nothing per byte, nothing per event.
+/// </summary>
+internal sealed partial class EpollLoop
+{
+    private readonly long _idleTimeoutMs;
+    private readonly long _idleScanIntervalMs;
+    private EpollConnection? _connections;
+    private long _nextIdleScan;
+
+    /// <summary>Open connections owned by this loop.</summary>
+    public int ConnectionCount { get; private set; }
+
+    public void AddConnection(EpollConnection connection)
+    {
+        connection.NextOnLoop = _connections;
+        if (_connections is not null)
+        {
+            _connections.PreviousOnLoop = connection;
+        }
+
+        _connections = connection;
+        ConnectionCount++;
+    }
+
+    public void RemoveConnection(EpollConnection connection)
+    {
+        if (connection.PreviousOnLoop is { } previous)
+        {
+            previous.NextOnLoop = connection.NextOnLoop;
+        }
+        else if (_connections == connection)
+        {
+            _connections = connection.NextOnLoop;
+        }
+        else
+        {
+            return;
+        }
+
+        if (connection.NextOnLoop is { } next)
+        {
+            next.PreviousOnLoop = connection.PreviousOnLoop;
+        }
+
+        connection.NextOnLoop = null;
+        connection.PreviousOnLoop = null;
+        ConnectionCount--;
+    }
+
+    /// <summary>epoll_wait's timeout when nothing is queued: forever, or until the next idle check is due.</summary>
+    private int IdleWaitTimeout()
+    {
+        if (_idleTimeoutMs == 0 || _connections is null)
+        {
+            return -1;
+        }
+
+        long wait = _nextIdleScan - Environment.TickCount64;
+        return wait <= 0 ? 0 : (int)Math.Min(wait, int.MaxValue);
+    }
+
+    private void CloseIdleConnections()
+    {
+        if (_idleTimeoutMs == 0 || Now < _nextIdleScan)
+        {
+            return;
+        }
+
+        _nextIdleScan = Now + _idleScanIntervalMs;
+        long now = Now;
+        EpollConnection? connection = _connections;
+        while (connection is not null)
+        {
+            EpollConnection? next = connection.NextOnLoop;
+            if (now - connection.LastActivity >= _idleTimeoutMs)
+            {
+                connection.CloseIdle();
+            }
+
+            connection = next;
+        }
+    }
+}

@@ -1,0 +1,162 @@
+using System.Globalization;
+using System.Runtime.InteropServices;
+
+namespace Transport.Epoll.Interop;
+
+/// <summary>
+/// The test seam: makes syscalls fail or fall short the way the kernel can (EINTR anywhere, EAGAIN, a write that takes
+/// one byte or a random part, a read that returns a few bytes, ECONNRESET/EPIPE mid-stream, ENOBUFS, EMFILE on
+/// accept). Compiled in and off by default; <see cref="IsEnabled"/> is a static readonly read once at start-up, which
+/// the JIT folds to a constant, so the checks cost nothing when it is off.
+/// </summary>
+/// <remarks>
+/// Turn it on for a whole process with the environment variable <c>TRANSPORT_EPOLL_FAULTS</c>, e.g.
+/// <c>seed=42;rate=0.05</c> (short reads/writes, EINTR, EAGAIN, EMFILE: nothing a correct transport may lose a byte
+/// to) or <c>seed=42;rate=0.05;resets=0.001</c> (also ECONNRESET, EPIPE and ENOBUFS, which end connections).
+/// Each thread draws from its own generator seeded from the seed and the thread's loop index, so a run is repeatable
+/// as far as thread timing allows.
+/// </remarks>
+internal static class FaultInjection
+{
+    public const string EnvironmentVariable = "TRANSPORT_EPOLL_FAULTS";
+
+    public static readonly bool IsEnabled;
+    private static readonly int s_seed;
+    private static readonly double s_rate;
+    private static readonly double s_resetRate;
+
+    [ThreadStatic]
+    private static Random? t_random;
+
+    [ThreadStatic]
+    private static bool t_injectedWouldBlock;
+
+    static FaultInjection()
+    {
+        string? spec = Environment.GetEnvironmentVariable(EnvironmentVariable);
+        if (string.IsNullOrWhiteSpace(spec))
+        {
+            return;
+        }
+
+        foreach (string part in spec.Split(';', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+        {
+            string[] pair = part.Split('=', 2, StringSplitOptions.TrimEntries);
+            string value = pair.Length == 2 ? pair[1] : "";
+            switch (pair[0])
+            {
+                case "seed":
+                    s_seed = int.Parse(value, CultureInfo.InvariantCulture);
+                    break;
+                case "rate":
+                    s_rate = double.Parse(value, CultureInfo.InvariantCulture);
+                    break;
+                case "resets":
+                    s_resetRate = double.Parse(value, CultureInfo.InvariantCulture);
+                    break;
+                default:
+                    throw new FormatException($"{EnvironmentVariable}: unknown setting '{pair[0]}' (known: seed, rate, resets).");
+            }
+        }
+
+        IsEnabled = s_rate > 0 || s_resetRate > 0;
+    }
+
+    public static int Seed => s_seed;
+
+    private static Random Random => t_random ??= new Random(HashCode.Combine(s_seed, Thread.CurrentThread.Name));
+
+    /// <summary>True once after an injected EAGAIN, short read or partial write: the kernel's readiness did not change,
+    /// so no new edge will come by itself.</summary>
+    public static bool TakeInjectedWouldBlock()
+    {
+        bool value = t_injectedWouldBlock;
+        t_injectedWouldBlock = false;
+        return value;
+    }
+
+    /// <summary>Before a read: maybe fail it (returns true with errno set) or shorten it.</summary>
+    public static bool BeforeRead(ref nuint count)
+    {
+        double roll = Random.NextDouble();
+        if (roll < s_resetRate)
+        {
+            return Fail(Error.ECONNRESET);
+        }
+
+        roll = Random.NextDouble();
+        if (roll < s_rate)
+        {
+            return Fail(Error.EINTR);
+        }
+
+        if (roll < 2 * s_rate)
+        {
+            t_injectedWouldBlock = true;
+            return Fail(Error.EAGAIN);
+        }
+
+        if (roll < 4 * s_rate && count > 1)
+        {
+            // A short read tells the transport the socket is drained; here it is not, so no edge would follow.
+            t_injectedWouldBlock = true;
+            count = (nuint)Random.Next(1, (int)Math.Min(count, 64));
+        }
+
+        return false;
+    }
+
+    /// <summary>Before a send: maybe fail it, or cut it to one byte or a random part.</summary>
+    public static bool BeforeWrite(ref nuint allowedBytes)
+    {
+        double roll = Random.NextDouble();
+        if (roll < s_resetRate)
+        {
+            return Fail(Random.Next(3) switch { 0 => Error.EPIPE, 1 => Error.ECONNRESET, _ => Error.ENOBUFS });
+        }
+
+        roll = Random.NextDouble();
+        if (roll < s_rate)
+        {
+            return Fail(Error.EINTR);
+        }
+
+        if (roll < 2 * s_rate)
+        {
+            t_injectedWouldBlock = true;
+            return Fail(Error.EAGAIN);
+        }
+
+        if (roll < 3 * s_rate)
+        {
+            t_injectedWouldBlock = true;
+            allowedBytes = 1;
+        }
+        else if (roll < 5 * s_rate && allowedBytes > 1)
+        {
+            // A partial write parks the connection on EPOLLOUT, which a kernel with room would never raise.
+            t_injectedWouldBlock = true;
+            allowedBytes = (nuint)Random.NextInt64(1, (long)allowedBytes);
+        }
+
+        return false;
+    }
+
+    /// <summary>Before accept4: maybe fail with EINTR, ECONNABORTED or EMFILE (no connection is taken).</summary>
+    public static bool BeforeAccept()
+    {
+        double roll = Random.NextDouble();
+        return roll < s_rate ? Fail(Error.EINTR)
+            : roll < 2 * s_rate ? Fail(Error.ECONNABORTED)
+            : roll < 2.5 * s_rate && Fail(Error.EMFILE);
+    }
+
+    /// <summary>Before epoll_wait: maybe fail with EINTR.</summary>
+    public static bool BeforeWait() => Random.NextDouble() < s_rate && Fail(Error.EINTR);
+
+    private static bool Fail(Error error)
+    {
+        Marshal.SetLastPInvokeError((int)error);
+        return true;
+    }
+}
