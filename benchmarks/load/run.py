@@ -111,9 +111,11 @@ INLINE_KEY = "--Kestrel:Transport:Epoll:UnsafePreferInlineScheduling"
 BUILTIN_VARIANTS = [
     Variant("sockets", "dotnet", ["--Transport", "sockets"], description="Kestrel's Sockets transport, defaults"),
     Variant("epoll", "dotnet", ["--Transport", "epoll", f"{INLINE_KEY}=false"],
-            description="epoll transport, its defaults (inline scheduling off)"),
+            description="epoll transport, its defaults: inline scheduling forced off whatever the sample ships"),
     Variant("epoll-inline", "dotnet", ["--Transport", "epoll", f"{INLINE_KEY}=true"],
             description="epoll transport, UnsafePreferInlineScheduling=true"),
+    Variant("epoll-sample", "dotnet", ["--Transport", "epoll"],
+            description="epoll transport with the sample's appsettings.json as shipped, nothing overridden"),
     Variant("nginx", "nginx", description="nginx, 1 worker, return 200 (a reference, not a contender)"),
 ]
 ENV_TOKEN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
@@ -162,23 +164,26 @@ def spawn(cmd, **kwargs) -> subprocess.Popen:
 
 
 def kill_group(proc: subprocess.Popen, grace: float = 0.0) -> None:
+    """Stops a child and its process group (SIGTERM and up to grace seconds first, then SIGKILL). The group is
+    signalled only while its leader is not yet reaped, so its id cannot belong to anyone else by then."""
     if proc.poll() is None and grace > 0:
         try:
             os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
+        except (ProcessLookupError, PermissionError):
             pass
         try:
             proc.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)  # the group: anything the child started goes too
-    except (ProcessLookupError, PermissionError):
-        pass
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        pass
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
     if proc in _children:
         _children.remove(proc)
 
@@ -210,17 +215,23 @@ def run_bounded(cmd, timeout: float, **kwargs) -> tuple:
 
 
 def proc_cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), in seconds."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
+    """utime + stime of a process (all its threads), in seconds; 0 once it is gone (reported elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def proc_rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
     return 0
 
 
@@ -454,12 +465,18 @@ class Server:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def log_tail(self, lines: int = 15) -> str:
+    def log_tail(self, lines: int = 12) -> str:
+        """The server's output for a failure message: from its first error on if it has one, else the end."""
         text = ""
         for path in (self.log_path, self.error_log):
             if path and path.is_file():
                 text += path.read_text(errors="replace")
-        return "\n".join(text.splitlines()[-lines:])
+        all_lines = text.splitlines()
+        for i, line in enumerate(all_lines):
+            if re.match(r"^\s*(fail|crit):", line) or "Unhandled exception" in line or "WebApp: " in line \
+                    and "transport=" not in line or re.search(r"\[(emerg|alert|crit)\]", line):
+                return "\n".join(all_lines[i:i + lines])
+        return "\n".join(all_lines[-lines:])
 
     def wait_ready(self, deadline_s: float = 30.0) -> None:
         deadline = time.monotonic() + deadline_s
@@ -574,6 +591,10 @@ def parse_wrk(out: str) -> dict:
         m = re.search(rf"^\s+{pct}(?:\.000)?%\s+(\S+)", out, re.M)
         if m:
             r[key] = parse_duration_ms(m.group(1))
+    if r["p99_ms"] is not None and r["p50_ms"] is not None and (r["p99_ms"] <= 0 or r["p99_ms"] < r["p50_ms"]):
+        # wrk 4.1 sometimes prints 0.00us for the top percentiles with a pipelining script: not a measurement.
+        r["p99_ms"] = None
+        r["latency_note"] = "wrk printed an impossible latency distribution (p99 below p50); p99 left out"
     m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     if m:
         r["socket_errors"] = {k: int(v) for k, v in zip(("connect", "read", "write", "timeout"), m.groups())}
@@ -816,6 +837,27 @@ class Runner:
             return True
         return time.monotonic() - self.started + remaining + self.args.window + 0.3 <= self.args.budget
 
+    def quiet_wait_limit(self, remaining: float) -> float:
+        limit = 1.5 if self.args.quick else 4.0
+        if self.args.budget > 0:
+            slack = self.args.budget - (time.monotonic() - self.started) - remaining - self.args.window - 0.3
+            limit = min(limit, max(0.0, slack))
+        return limit
+
+    def wait_quiet(self, server: Server, limit: float) -> float:
+        """Before running a dropped sample again: waits, at most limit seconds, for a 0.3 s slice in which the other
+        processes use less than the threshold. Returns the seconds waited (0 when the machine was quiet at once)."""
+        t0 = time.monotonic()
+        while True:
+            w = Window(server.pid)
+            time.sleep(0.3)
+            if w.close()["others_core_share"] <= self.args.noise_threshold:
+                break
+            if time.monotonic() - t0 >= limit:
+                break
+        waited = time.monotonic() - t0
+        return 0.0 if waited < 0.35 else waited
+
     def run(self):
         plan = [(rnd, v) for rnd in range(1, self.args.rounds + 1) for v in self.variants]
         costs = [self.session_cost(v) for _, v in plan]
@@ -862,41 +904,56 @@ class Runner:
                                                                 "failure": "the server could not be restarted"},
                                         dropped=False)
                         return
-                if load.tool == "idle":
-                    r = self.idle_memory(server)
-                    self.record(load, variant, rnd, 1, r, dropped=False)
-                    self.log(f"  {load.name:<13} {r['rate']:>10.0f} bytes/conn  (RSS {r['rss_before_kib'] / 1024:.1f}"
-                             f" -> {r['rss_after_kib'] / 1024:.1f} MiB, {r['fds_accepted']} accepted)"
-                             + (f"  [{r['failure']}]" if r.get("failure") else ""))
-                    continue
-                if not warmed and self.args.session_warmup > 0:
-                    # Once per server: JIT and pools warm before the first measured load.
-                    warm_load = LOADS_BY_NAME["plaintext64"] if load.http else load
-                    run_bounded(loadgen_command(warm_load, server, self.args.session_warmup, self.args.client_cpu,
-                                                self.lua), timeout=self.args.session_warmup + 20)
-                    warmed.add(self.warm_key(warm_load))
-                warmup = self.args.warmup if self.wants_warmup(load, warmed) else 0
-                warmed.add(self.warm_key(load))
-                r = self.run_load(load, server, warmup, self.args.window)
-                attempt = 1
-                if self.noisy(r):
-                    reason = f"others used {r['others_core_share'] * 100:.0f}% of a core"
-                    if self.may_rerun(sum(costs[i + 1:]) + later):
-                        self.record(load, variant, rnd, attempt, r, dropped=True, reason=reason)
-                        self.log(f"  {load.name:<13} dropped ({reason}); again")
-                        attempt = 2
-                        # No warm-up: the dropped run was one.
-                        r = self.run_load(load, server, 0, self.args.window)
-                        if self.noisy(r):
-                            r["noisy"] = True
-                    else:
-                        r["noisy"] = True
-                        r["noisy_note"] = "not run again: the time budget is spent"
-                self.record(load, variant, rnd, attempt, r, dropped=False)
-                self.log_sample(load, r)
+                try:
+                    self.one_load(load, variant, rnd, server, warmed, sum(costs[i + 1:]) + later)
+                except Exception as e:  # a bug here must not lose the samples already taken
+                    self.event(f"round {rnd}, {variant.name}, {load.name}: the runner failed: "
+                               f"{type(e).__name__}: {e}")
+                    self.record(load, variant, rnd, 1, {"ops": 0, "rate": None, "errors": 1,
+                                                        "failure": f"runner error: {type(e).__name__}: {e}"},
+                                dropped=False)
         finally:
             info["log_problems"] += server.problems_in_log()
             server.stop()
+
+    def one_load(self, load: Load, variant: Variant, rnd: int, server: Server, warmed: set, remaining: float):
+        """Measures one load on a running server: a sample, and a second one if the first was noisy.
+        remaining: the nominal seconds of the plan after this load (for the time budget)."""
+        if load.tool == "idle":
+            r = self.idle_memory(server)
+            self.record(load, variant, rnd, 1, r, dropped=False)
+            self.log(f"  {load.name:<13} {r['rate']:>10.0f} bytes/conn  (RSS {r['rss_before_kib'] / 1024:.1f}"
+                     f" -> {r['rss_after_kib'] / 1024:.1f} MiB, {r['fds_accepted']} accepted)"
+                     + (f"  [{r['failure']}]" if r.get("failure") else ""))
+            return
+        if not warmed and self.args.session_warmup > 0:
+            # Once per server: JIT and pools warm before the first measured load.
+            warm_load = LOADS_BY_NAME["plaintext64"] if load.http else load
+            run_bounded(loadgen_command(warm_load, server, self.args.session_warmup, self.args.client_cpu,
+                                        self.lua), timeout=self.args.session_warmup + 20)
+            warmed.add(self.warm_key(warm_load))
+        warmup = self.args.warmup if self.wants_warmup(load, warmed) else 0
+        warmed.add(self.warm_key(load))
+        r = self.run_load(load, server, warmup, self.args.window)
+        attempt = 1
+        if self.noisy(r):
+            reason = f"others used {r['others_core_share'] * 100:.0f}% of a core"
+            if self.may_rerun(remaining):
+                self.record(load, variant, rnd, attempt, r, dropped=True, reason=reason)
+                waited = self.wait_quiet(server, self.quiet_wait_limit(remaining))
+                self.log(f"  {load.name:<13} dropped ({reason}); again"
+                         + (f" after waiting {waited:.1f} s for the machine to calm down" if waited else ""))
+                attempt = 2
+                # No warm-up: the dropped run was one.
+                r = self.run_load(load, server, 0, self.args.window)
+                r["waited_for_quiet_s"] = round(waited, 2)
+                if self.noisy(r):
+                    r["noisy"] = True
+            else:
+                r["noisy"] = True
+                r["noisy_note"] = "not run again: the time budget is spent"
+        self.record(load, variant, rnd, attempt, r, dropped=False)
+        self.log_sample(load, r)
 
     def noisy(self, r: dict) -> bool:
         share = r.get("others_core_share")
@@ -917,7 +974,8 @@ class Runner:
         if r.get("failure"):
             flags.append(r["failure"])
         if r.get("noisy"):
-            flags.append(f"noisy again: others {r['others_core_share'] * 100:.0f}% of a core, kept")
+            again = "not run again, the time budget is spent" if r.get("noisy_note") else "noisy again"
+            flags.append(f"{again}: others {r['others_core_share'] * 100:.0f}% of a core, kept")
         rate = r.get("rate") or 0.0
         self.log(f"  {load.name:<13} {rate:>10.1f} {load.unit}{lat}{cost}; server {r['server_core_share'] * 100:.0f}%"
                  f", load-gen {r['loadgen_core_share'] * 100:.0f}%, others {r['others_core_share'] * 100:.0f}%"
@@ -963,9 +1021,14 @@ def summarize(samples, loads, variants) -> dict:
     for load in loads:
         for v in variants:
             mine = [s for s in samples if s["load"] == load.name and s["variant"] == v.name]
-            kept = [s for s in mine if not s["dropped"]]
             if not mine:
                 continue
+            kept = [s for s in mine if not s["dropped"]]
+            # Samples that were noisy twice are kept, but only used when the cell has no clean sample at all.
+            clean = [s for s in kept if not s.get("noisy")]
+            noisy_kept = len(kept) - len(clean)
+            only_noisy = not clean and bool(kept)
+            kept = clean or kept
             rates = [s["rate"] for s in kept if s.get("rate") is not None]
             cells[(load.name, v.name)] = {
                 "median": median_or_none(rates),
@@ -973,7 +1036,8 @@ def summarize(samples, loads, variants) -> dict:
                 "max": max(rates) if rates else None,
                 "n": len(rates),
                 "dropped": sum(1 for s in mine if s["dropped"]),
-                "noisy_kept": sum(1 for s in kept if s.get("noisy")),
+                "noisy_kept": noisy_kept,
+                "only_noisy": only_noisy,
                 "p50_ms": median_or_none(s.get("p50_ms") for s in kept),
                 "p99_ms": median_or_none(s.get("p99_ms") for s in kept),
                 "cost": median_or_none(s.get("cost") for s in kept),
@@ -1011,7 +1075,8 @@ def markdown(meta, loads, variants, cells) -> str:
     out.append("")
     out.append("Median [min–max] over rounds; ratios of medians; p99 in ms; server CPU time per unit of work "
                "(µs per request or round trip, ms per GB for bulk). ‡: the load generator used ≥ 90% of its core, "
-               "so the server may be able to do more. *: a sample kept although other processes were busy.")
+               "so the server may be able to do more. *: no clean sample, these numbers were taken while other processes were busy. ⚠: errors, "
+               "see Problems. Memory per idle connection: lower is better (server RSS growth / connections).")
     out.append("")
     head = ["load"] + names + [f"{a} ÷ {b}" for a, b in ratios] + \
            ["p99 ms (" + " / ".join(names) + ")", "server CPU per op (" + " / ".join(names) + ")"]
@@ -1031,7 +1096,7 @@ def markdown(meta, loads, variants, cells) -> str:
                 text += f" [{fmt_rate(c['min'], load.unit)}–{fmt_rate(c['max'], load.unit)}]"
             if c["loadgen_share"] is not None and c["loadgen_share"] >= 0.9:
                 text += " ‡"
-            if c["noisy_kept"]:
+            if c["only_noisy"]:
                 text += " *"
             if c["errors"] or c["non2xx"] or c["failures"]:
                 text += " ⚠"
@@ -1054,7 +1119,7 @@ def markdown(meta, loads, variants, cells) -> str:
     out.append("## Details")
     out.append("")
     out.append("| load | variant | median [min–max] | p50 ms | p99 ms | server CPU per op | server CPU (% of a core) "
-               "| load-gen CPU (% of a core) | others (% of a core) | errors / non-2xx | samples kept (dropped) |")
+               "| load-gen CPU (% of a core) | others (% of a core) | errors / non-2xx | samples used (noisy unused, dropped) |")
     out.append("|---|---|---|---|---|---|---|---|---|---|---|")
     for load in loads:
         for n in names:
@@ -1064,17 +1129,22 @@ def markdown(meta, loads, variants, cells) -> str:
             pct = lambda x: "—" if x is None else f"{x * 100:.0f}%"  # noqa: E731
             span = fmt_rate(c["median"], load.unit) + (f" [{fmt_rate(c['min'], load.unit)}–"
                                                        f"{fmt_rate(c['max'], load.unit)}]" if c["n"] > 1 else "")
-            out.append(f"| {load.name} | {n} | {span} {load.unit} | {fmt_num(c['p50_ms'], 3)} | "
+            unit = "per connection" if load.unit == "bytes/conn" else load.unit
+            out.append(f"| {load.name} | {n} | {span} {unit} | {fmt_num(c['p50_ms'], 3)} | "
                        f"{fmt_num(c['p99_ms'], 2)} | {fmt_num(c['cost'], 1)} {load.cost_unit} | "
                        f"{pct(c['server_share'])} | {pct(c['loadgen_share'])} | {pct(c['others_share'])} | "
-                       f"{c['errors']} / {c['non2xx']} | {c['n']} ({c['dropped']}) |")
+                       f"{c['errors']} / {c['non2xx']} | {c['n']}{' noisy' if c['only_noisy'] else ''} "
+                       f"({0 if c['only_noisy'] else c['noisy_kept']}, {c['dropped']}) |")
     out.append("")
     noise = meta["noise"]
     out.append(f"Noise filter: a sample is dropped when the other processes of the machine (all busy CPU time in "
                f"/proc/stat minus the server, the load generator and this runner) used more than "
                f"{noise['threshold'] * 100:.0f}% of one core during its window, and run once more. "
-               f"{noise['dropped']} of {noise['samples']} samples dropped; {noise['noisy_kept']} kept although "
-               f"noisy again (marked *).")
+               f"A second noisy sample is kept but used only where a cell has no clean one (marked *). "
+               f"{noise['dropped']} of {noise['samples']} samples dropped; {noise['noisy_kept']} noisy twice"
+               + (f"; {noise['noisy_not_rerun']} noisy but not run again because the time budget "
+                  f"({meta['settings'].get('budget_s', 0):.0f} s) was spent" if noise.get("noisy_not_rerun") else "")
+               + ".")
     out.append("")
     problems = []
     for load in loads:
@@ -1099,13 +1169,17 @@ def markdown(meta, loads, variants, cells) -> str:
         out.append("")
         out += problems
         out.append("")
+    if meta.get("sample_epoll_settings"):
+        out.append("The sample's appsettings.json, `Kestrel:Transport:Epoll` (under the variants' own overrides): `"
+                   + json.dumps(meta["sample_epoll_settings"], separators=(", ", ": ")) + "`.")
+        out.append("")
     out.append("Variants: " + "; ".join(f"**{v.name}**: {v.description}"
                                         + (f" (`{' '.join(v.args)}`)" if v.args else "") for v in variants) + ".")
     out.append("")
     return "\n".join(out)
 
 
-def svg_chart(loads, variants, cells, title: str) -> str | None:
+def svg_chart(loads, variants, cells, title: str, subtitle: str = "") -> str | None:
     """requests/s against connections (wrk plaintext), one line per variant, log-scale x axis. Hand-drawn SVG."""
     points = {}
     xs = sorted({l.conns for l in loads if l.tool == "wrk" and l.path == "/plaintext" and l.pipeline == 1})
@@ -1121,7 +1195,7 @@ def svg_chart(loads, variants, cells, title: str) -> str | None:
     if not points or len(xs) < 2:
         return None
     width, height = 720, 440
-    left, right, top, bottom = 80, 170, 50, 60
+    left, right, top, bottom = 80, 170, 56, 60
     pw, ph = width - left - right, height - top - bottom
     ymax_raw = max(p[3] for pts in points.values() for p in pts)
     step = 10 ** math.floor(math.log10(ymax_raw)) if ymax_raw > 0 else 1
@@ -1133,7 +1207,8 @@ def svg_chart(loads, variants, cells, title: str) -> str | None:
     lx0, lx1 = math.log2(xs[0]), math.log2(xs[-1])
 
     def px(x):
-        return left + (math.log2(x) - lx0) / (lx1 - lx0) * pw
+        inset = 24  # keep the end points off the axes
+        return left + inset + (math.log2(x) - lx0) / (lx1 - lx0) * (pw - 2 * inset)
 
     def py(y):
         return top + ph - y / ymax * ph
@@ -1143,11 +1218,12 @@ def svg_chart(loads, variants, cells, title: str) -> str | None:
     svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
            f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">',
            f'<rect width="{width}" height="{height}" fill="white"/>',
-           f'<text x="{left + pw / 2}" y="24" text-anchor="middle" font-size="15">{esc(title)}</text>']
+           f'<text x="{left + pw / 2}" y="22" text-anchor="middle" font-size="15">{esc(title)}</text>',
+           f'<text x="{left + pw / 2}" y="39" text-anchor="middle" font-size="11" fill="#555">{esc(subtitle)}</text>']
     y = 0.0
     while y <= ymax + 1e-9:
         svg.append(f'<line x1="{left}" y1="{py(y):.1f}" x2="{left + pw}" y2="{py(y):.1f}" stroke="#e0e0e0"/>')
-        svg.append(f'<text x="{left - 8}" y="{py(y) + 4:.1f}" text-anchor="end">{fmt_rate(y, "req/s") if y else 0}'
+        svg.append(f'<text x="{left - 8}" y="{py(y) + 4:.1f}" text-anchor="end">{f"{y / 1000:g}k" if y else "0"}'
                    f'</text>')
         y += step
     for x in xs:
@@ -1180,6 +1256,78 @@ def svg_chart(loads, variants, cells, title: str) -> str | None:
 # ----------------------------------------------------------------------------------------------------------------
 # Main
 # ----------------------------------------------------------------------------------------------------------------
+
+
+def write_report(meta: dict, loads: list, variants: list, samples: list, out: Path) -> tuple:
+    """latest.md, latest.json and plaintext.svg in out/, from the samples; returns (markdown, whether a chart)."""
+    cells = summarize(samples, loads, variants)
+    s = meta["settings"]
+    chart = svg_chart(loads, variants, cells, "wrk plaintext: requests/s against connections",
+                      f"server on 1 core · {meta['finished_utc']} · git {meta['git']['commit'][:10]}"
+                      f"{'+' if meta['git']['dirty'] else ''} · {s['rounds']} round(s) × {s['window_s']} s")
+    meta = dict(meta)
+    meta.pop("chart", None)
+    if chart:
+        (out / "plaintext.svg").write_text(chart)
+        meta["chart"] = "plaintext.svg"
+    md = markdown(meta, loads, variants, cells)
+    (out / "latest.md").write_text(md)
+    data = dict(meta, variants=[vars(v) for v in variants], loads=[vars(l) for l in loads],
+                summary=[dict(load=k[0], variant=k[1], **v) for k, v in cells.items()], samples=samples)
+    (out / "latest.json").write_text(json.dumps(data, indent=1, default=str) + "\n")
+    return md, bool(chart)
+
+
+def report_only(path: Path, out: Path) -> int:
+    """--report: the table, chart and JSON again from a results JSON, without measuring (after a change to the
+    report code, or to put a saved run back as latest)."""
+    data = json.loads(path.read_text())
+    loads = [Load(**d) for d in data["loads"]]
+    variants = [Variant(**d) for d in data["variants"]]
+    meta = {k: v for k, v in data.items() if k not in ("loads", "variants", "summary", "samples")}
+    out.mkdir(parents=True, exist_ok=True)
+    md, _ = write_report(meta, loads, variants, data["samples"], out)
+    print(md)
+    return 0
+
+
+def json_with_comments(text: str):
+    """appsettings.json allows // and /* */ comments and trailing commas; json does not."""
+    out, i, n, in_str = [], 0, len(text), False
+    while i < n:
+        c = text[i]
+        if in_str:
+            out.append(c)
+            if c == "\\" and i + 1 < n:
+                out.append(text[i + 1])
+                i += 1
+            elif c == '"':
+                in_str = False
+        elif c == '"':
+            in_str = True
+            out.append(c)
+        elif text.startswith("//", i):
+            while i < n and text[i] != "\n":
+                i += 1
+            continue
+        elif text.startswith("/*", i):
+            end = text.find("*/", i + 2)
+            i = n if end < 0 else end + 2
+            continue
+        else:
+            out.append(c)
+        i += 1
+    return json.loads(re.sub(r",(\s*[}\]])", r"\1", "".join(out)))
+
+
+def sample_epoll_settings():
+    """The Kestrel:Transport:Epoll section of the built sample's appsettings.json: what 'epoll' runs with besides
+    the runner's overrides."""
+    try:
+        settings = json_with_comments((APP_DIR / "appsettings.json").read_text())
+        return settings.get("Kestrel", {}).get("Transport", {}).get("Epoll", {})
+    except (OSError, ValueError, AttributeError) as e:
+        return {"unreadable": str(e)}
 
 
 def git_info() -> dict:
@@ -1225,19 +1373,23 @@ def parse_args(argv):
     p.add_argument("--session-warmup", type=int,
                    help="whole seconds of plaintext load once per server start (default 3; 2 with --quick)")
     p.add_argument("--budget", type=float,
-                   help="seconds the whole run may take (default 590; 115 with --quick): dropped samples are run "
+                   help="seconds the whole run may take (default 590; 110 with --quick): dropped samples are run "
                         "again only while the plan still fits; 0: no limit")
     p.add_argument("--noise-threshold", type=float, default=0.10,
                    help="drop a sample when other processes used more than this share of one core (default 0.10)")
     p.add_argument("--idle-conns", type=int, default=10000, help="connections for the idle load (default 10000)")
-    p.add_argument("--idle-settle", type=float, default=1.0, help="seconds between accepting them and reading RSS")
+    p.add_argument("--idle-settle", type=float,
+                   help="seconds between the server holding them all and reading its RSS (default 1; 0.5 quick)")
     p.add_argument("--server-cpu", type=int, default=0)
     p.add_argument("--client-cpu", type=int, default=1)
     p.add_argument("--ready-timeout", type=float, default=30.0, help="seconds for the server to answer /plaintext")
     p.add_argument("--no-build", action="store_true", help="use the sample already in .bin/WebApp")
     p.add_argument("--out", type=Path, default=HERE / "results", help="results folder (default: results/)")
+    p.add_argument("--report", type=Path, metavar="JSON",
+                   help="measure nothing: write the table and chart again from a results JSON")
     args = p.parse_args(argv)
-    defaults = {"rounds": (3, 1), "warmup": (1, 1), "window": (3, 2), "session_warmup": (3, 2), "budget": (590, 115)}
+    defaults = {"rounds": (3, 1), "warmup": (1, 1), "window": (3, 2), "session_warmup": (3, 2), "budget": (590, 110),
+                "idle_settle": (1.0, 0.5)}
     for key, (full, quick) in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, quick if args.quick else full)
@@ -1255,6 +1407,8 @@ def main(argv=None) -> int:
     def log(text: str):
         print(f"[{time.monotonic() - started:6.1f}s] {text}", file=sys.stderr, flush=True)
 
+    if args.report:
+        return report_only(args.report, args.out)
     if not sys.platform.startswith("linux"):
         raise SystemExit("run.py: Linux only (epoll, /proc, taskset)")
 
@@ -1316,6 +1470,7 @@ def main(argv=None) -> int:
     # Ctrl+C and SIGTERM end the run through the finally below, which kills every child's process group.
     def on_term(signum, frame):
         raise KeyboardInterrupt
+    signal.signal(signal.SIGINT, on_term)  # also when started with SIGINT ignored (a background job)
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGHUP, on_term)
 
@@ -1339,7 +1494,6 @@ def main(argv=None) -> int:
         runner.run()
 
         # Results
-        cells = summarize(runner.samples, loads, variants)
         dotnet = subprocess.run(["dotnet", "--version"], capture_output=True, text=True).stdout.strip()
         meta = {
             "command": command,
@@ -1350,26 +1504,21 @@ def main(argv=None) -> int:
             "machine": machine_info(),
             "dotnet": dotnet,
             "tools": {t: (shutil.which(t) or "") for t in ("wrk", "h2load", "nginx", "gcc")},
-            "settings": {"budget_s": args.budget, "rounds": args.rounds, "warmup_s": args.warmup, "window_s": args.window,
-                         "session_warmup_s": args.session_warmup, "server_cpu": args.server_cpu,
-                         "client_cpu": args.client_cpu, "idle_conns": args.idle_conns, "quick": args.quick},
+            "sample_epoll_settings": sample_epoll_settings(),
+            "settings": {"budget_s": args.budget, "rounds": args.rounds, "warmup_s": args.warmup,
+                         "window_s": args.window, "session_warmup_s": args.session_warmup,
+                         "server_cpu": args.server_cpu, "client_cpu": args.client_cpu,
+                         "idle_conns": args.idle_conns, "quick": args.quick},
             "noise": {"threshold": args.noise_threshold,
                       "samples": len([s for s in runner.samples if s["load"] != "idle"]),
                       "dropped": sum(1 for s in runner.samples if s["dropped"]),
-                      "noisy_kept": sum(1 for s in runner.samples if s.get("noisy") and not s["dropped"])},
+                      "noisy_kept": sum(1 for s in runner.samples if s.get("noisy") and not s["dropped"]
+                                        and not s.get("noisy_note")),
+                      "noisy_not_rerun": sum(1 for s in runner.samples if s.get("noisy_note"))},
             "events": runner.events,
             "sessions": runner.sessions,
         }
-        chart = svg_chart(loads, variants, cells, "wrk plaintext: requests/s against connections")
-        if chart:
-            (args.out / "plaintext.svg").write_text(chart)
-            meta["chart"] = "plaintext.svg"
-        md = markdown(meta, loads, variants, cells)
-        (args.out / "latest.md").write_text(md)
-        data = dict(meta, variants=[vars(v) for v in variants], loads=[vars(l) for l in loads],
-                    summary=[dict(load=k[0], variant=k[1], **v) for k, v in cells.items()],
-                    samples=runner.samples)
-        (args.out / "latest.json").write_text(json.dumps(data, indent=1, default=str) + "\n")
+        md, chart = write_report(meta, loads, variants, runner.samples, args.out)
         tmp = args.out / "latest.json.tmp"
         if tmp.exists():
             tmp.unlink()
@@ -1378,7 +1527,8 @@ def main(argv=None) -> int:
             + (", plaintext.svg" if chart else ""))
         return 0
     except KeyboardInterrupt:
-        log("interrupted: stopping every server and load generator (partial data in results/latest.json.tmp)")
+        log(f"interrupted: stopping every server and load generator (partial data in "
+            f"{args.out / 'latest.json.tmp'})")
         return 130
     finally:
         kill_all_children()

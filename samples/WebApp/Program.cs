@@ -67,6 +67,10 @@ builder.WebHost.ConfigureKestrel(kestrel =>
     }
 });
 
+// The live counters of the transport's meter for GET /stats: the listener starts before the server, so it sees every
+// connection from the first.
+using var stats = new TransportStats();
+
 var app = builder.Build();
 
 app.MapGet("/plaintext", new RequestDelegate(SampleEndpoints.Plaintext));
@@ -74,6 +78,8 @@ app.MapGet("/json", new RequestDelegate(SampleEndpoints.Json));
 app.MapPost("/echo", new RequestDelegate(SampleEndpoints.Echo));
 app.MapGet("/files/{name}", (string name) => SampleEndpoints.File(name));
 app.MapGet("/connection", SampleEndpoints.Connection);
+app.MapGet("/slow", new RequestDelegate(SampleEndpoints.Slow));
+app.MapGet("/stats", new RequestDelegate(stats.WriteAsync));
 
 app.Lifetime.ApplicationStarted.Register(() =>
 {

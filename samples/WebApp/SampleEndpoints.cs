@@ -1,4 +1,6 @@
 using System.Buffers;
+using System.Globalization;
+using System.Text;
 using System.Text.Json;
 using System.Text.Json.Serialization;
 using Microsoft.AspNetCore.Http.Features;
@@ -69,6 +71,42 @@ internal static class SampleEndpoints
         {
             // The client went away; Kestrel already knows.
         }
+    }
+
+    /// <summary>
+    /// <c>GET /slow?ms=N</c>: answers <c>slept N ms</c> after waiting N milliseconds (0 to 60,000; default 1,000), for
+    /// graceful-shutdown tests: a request in flight when the server is told to stop must still complete. The wait
+    /// ends early only if the request is aborted (the client left, or the shutdown timeout passed), which is logged
+    /// as a warning (event 1000).
+    /// </summary>
+    public static async Task Slow(HttpContext context)
+    {
+        int ms = 1000;
+        if (context.Request.Query.TryGetValue("ms", out var value)
+            && (!int.TryParse(value, NumberStyles.None, CultureInfo.InvariantCulture, out ms) || ms > 60_000))
+        {
+            context.Response.StatusCode = StatusCodes.Status400BadRequest;
+            await context.Response.WriteAsync("ms: 0 to 60000\n", context.RequestAborted);
+            return;
+        }
+
+        long started = Environment.TickCount64;
+        try
+        {
+            await Task.Delay(ms, context.RequestAborted);
+        }
+        catch (OperationCanceledException) when (context.RequestAborted.IsCancellationRequested)
+        {
+            // Reported, not lost silently: graceful-shutdown tests look for this line.
+            ILogger logger = context.RequestServices.GetRequiredService<ILoggerFactory>().CreateLogger("WebApp");
+            SampleLog.SlowRequestAborted(logger, ms, Environment.TickCount64 - started);
+            return;
+        }
+
+        byte[] body = Encoding.ASCII.GetBytes($"slept {ms} ms\n");
+        context.Response.ContentType = "text/plain";
+        context.Response.ContentLength = body.Length;
+        await context.Response.Body.WriteAsync(body, context.RequestAborted);
     }
 
     /// <summary>

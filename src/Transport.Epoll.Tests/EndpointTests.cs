@@ -134,33 +134,43 @@ public sealed class EndpointTests(ITestOutputHelper output)
     [Theory, BothTransports]
     public async Task A_listening_fd_handed_over_as_a_FileHandleEndPoint_serves_requests(string transport)
     {
-        using var listener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        var listener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
         listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
         listener.Listen(128);
         var address = (IPEndPoint)listener.LocalEndPoint!;
         long fd = listener.Handle;
-
-        var server = await TestServer.StartAsync(new TestServerOptions
-        {
-            Transport = transport,
-            EndPoints = [new FileHandleEndPoint((ulong)fd, FileHandleType.Tcp)],
-            ConnectionHandler = Handlers.EchoAsync,
-            Output = output,
-        });
-        await using (server)
-        {
-            using var socket = await Client.ConnectAsync(address);
-            await socket.SendAllAsync("handed over");
-            Assert.Equal("handed over", Encoding.ASCII.GetString(await socket.ReceiveExactlyAsync(11)));
-            socket.Shutdown(SocketShutdown.Send);
-            Assert.Empty(await socket.ReceiveToEndAsync());
-            await server.StopAsync();
-        }
-
         if (!Transports.IsEpoll(transport))
         {
-            // The Sockets transport takes ownership of the fd and closes it; don't let our Socket close the number again.
+            // The Sockets transport takes ownership of the fd and closes it: our Socket must never close the number
+            // again. (Disposing a Socket whose handle was set invalid hangs, so it is not disposed either.)
             listener.SafeHandle.SetHandleAsInvalid();
+        }
+
+        try
+        {
+            var server = await TestServer.StartAsync(new TestServerOptions
+            {
+                Transport = transport,
+                EndPoints = [new FileHandleEndPoint((ulong)fd, FileHandleType.Tcp)],
+                ConnectionHandler = Handlers.EchoAsync,
+                Output = output,
+            });
+            await using (server)
+            {
+                Assert.Equal(address, server.EndPoint);
+                using var socket = await Client.ConnectAsync(address);
+                await socket.SendAllAsync("handed over");
+                Assert.Equal("handed over", Encoding.ASCII.GetString(await socket.ReceiveExactlyAsync(11)));
+                socket.Shutdown(SocketShutdown.Send);
+                Assert.Empty(await socket.ReceiveToEndAsync());
+            }
+        }
+        finally
+        {
+            if (Transports.IsEpoll(transport))
+            {
+                listener.Dispose();
+            }
         }
     }
 

@@ -1,6 +1,7 @@
 using System.Net.Sockets;
 using System.Text;
 using Microsoft.AspNetCore.Connections;
+using Microsoft.Extensions.DependencyInjection;
 using Transport.Epoll.Tests.Infrastructure;
 using Xunit.Abstractions;
 
@@ -44,6 +45,7 @@ public sealed class HalfCloseTests(ITestOutputHelper output)
         var inputDone = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         var clientGotReply = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         var closedAfterReply = new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously);
+        string state = "";
         var closed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
 
         await using var server = await TestServer.StartRawAsync(transport, async connection =>
@@ -55,6 +57,8 @@ public sealed class HalfCloseTests(ITestOutputHelper output)
             // Still writable after the peer's FIN.
             await connection.Transport.Output.WriteAsync(Encoding.ASCII.GetBytes($"got {received.Length}"));
             await clientGotReply.Task;
+            var epoll = connection.Features.Get<IEpollConnectionFeature>();
+            state = $"fd {epoll?.FileDescriptor}, close reason {epoll?.CloseReason}, error {epoll?.CloseError?.Message}, id {epoll?.Id:x}, loop {epoll?.LoopIndex}, local {connection.LocalEndPoint}, remote {connection.RemoteEndPoint}";
             closedAfterReply.TrySetResult(connection.ConnectionClosed.IsCancellationRequested);
             await connection.Transport.Output.CompleteAsync();
             await closed.Task;
@@ -69,7 +73,7 @@ public sealed class HalfCloseTests(ITestOutputHelper output)
         clientGotReply.SetResult();
         bool closedBeforeOutputCompleted = await closedAfterReply.Task.WithTimeout();
 
-        Assert.Equal(!allowHalfOpen, closedBeforeOutputCompleted);
+        Assert.True(closedBeforeOutputCompleted == !allowHalfOpen, $"ConnectionClosed {(closedBeforeOutputCompleted ? "had" : "had not")} fired before Output completed ({state}); client {socket.LocalEndPoint}, options {server.App.Services.GetService<Microsoft.Extensions.Options.IOptions<EpollTransportOptions>>()?.Value.AllowHalfOpen}.");
         Assert.Empty(await socket.ReceiveToEndAsync());
         await closed.Task.WithTimeout();
     }

@@ -1,5 +1,6 @@
 using System.Net.Sockets;
 using System.Text;
+using Transport.Epoll.Internal;
 using Transport.Epoll.Tests.Infrastructure;
 using Xunit.Abstractions;
 
@@ -17,6 +18,7 @@ public sealed class LeakTests(ITestOutputHelper output)
         await using var server = await TestServer.StartHttpAsync(transport, TestApp.Map, output: output);
         await RunCyclesAsync(server, 100);
         int baseline = await SettledFdCountAsync();
+        int tableBaseline = ConnectionTable.Shared.Count;
 
         await RunCyclesAsync(server, 3000);
 
@@ -24,6 +26,12 @@ public sealed class LeakTests(ITestOutputHelper output)
         bool settled = await Poll.UntilAsync(() => (after = ProcessInfo.OpenFdCount()) <= baseline + Tolerance);
         output.WriteLine($"fds: baseline {baseline}, after 3000 connections {after}.");
         Assert.True(settled, $"{after - baseline} fds more than before 3000 connections (baseline {baseline}).");
+
+        // The epoll transport's connection table gives every slot back (the Sockets host never touches it).
+        int slots = 0;
+        Assert.True(
+            await Poll.UntilAsync(() => (slots = ConnectionTable.Shared.Count) == tableBaseline),
+            $"{slots - tableBaseline} connection-table slots still taken after 3000 closed connections.");
     }
 
     [Theory, BothTransports]
@@ -31,6 +39,7 @@ public sealed class LeakTests(ITestOutputHelper output)
     {
         await using var server = await TestServer.StartRawAsync(transport, Handlers.EchoAsync, output: output);
         int baseline = await SettledFdCountAsync();
+        int tableBaseline = ConnectionTable.Shared.Count;
 
         for (int i = 0; i < 500; i++)
         {
@@ -43,6 +52,7 @@ public sealed class LeakTests(ITestOutputHelper output)
         int after = 0;
         bool settled = await Poll.UntilAsync(() => (after = ProcessInfo.OpenFdCount()) <= baseline + Tolerance);
         Assert.True(settled, $"{after - baseline} fds more than before 500 reset connections (baseline {baseline}).");
+        Assert.True(await Poll.UntilAsync(() => ConnectionTable.Shared.Count == tableBaseline), "Connection-table slots leaked by reset connections.");
     }
 
     [Fact]
@@ -58,6 +68,7 @@ public sealed class LeakTests(ITestOutputHelper output)
 
         Assert.True(await Poll.UntilAsync(() => ProcessInfo.EpollThreadNames().Count == 0), "epoll- threads alive after the warm-up host was disposed.");
         int baseline = await SettledFdCountAsync();
+        int tableBaseline = ConnectionTable.Shared.Count;
 
         var server = await TestServer.StartAsync(new TestServerOptions { Transport = Transports.Epoll, ConfigureApp = TestApp.Map, Epoll = o => o.ThreadCount = 3, Output = output });
         bool disposed = false;
@@ -84,6 +95,7 @@ public sealed class LeakTests(ITestOutputHelper output)
         int after = 0;
         bool settled = await Poll.UntilAsync(() => (after = ProcessInfo.OpenFdCount()) <= baseline + Tolerance);
         Assert.True(settled, $"{after - baseline} fds more after the host was disposed than before it started (baseline {baseline}).");
+        Assert.Equal(tableBaseline, ConnectionTable.Shared.Count);
     }
 
     /// <summary>connect, one request with Connection: close, read to EOF, close; a few at a time.</summary>

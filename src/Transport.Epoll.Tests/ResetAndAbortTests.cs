@@ -112,7 +112,12 @@ public sealed class ResetAndAbortTests(ITestOutputHelper output)
                 }
 
                 await requestAborted.Task.WithTimeout();
-                await Poll.UntilAsync(() => epoll?.CloseReason is not (null or EpollCloseReason.None));
+                if (epoll is not null)
+                {
+                    // RequestAborted follows ConnectionClosed, which fires after the close reason is set.
+                    await Poll.UntilAsync(() => epoll.CloseReason != EpollCloseReason.None);
+                }
+
                 closeReason.TrySetResult(epoll?.CloseReason);
             });
         }, output: output);

@@ -33,6 +33,7 @@ internal sealed class EpollMetrics : IDisposable
         _staleEvents = _meter.CreateCounter<long>("epoll.events.stale", "{event}", "Events dropped because their connection id was no longer live.");
         _eventsPerWakeUp = _meter.CreateHistogram<int>("epoll.loop.events_per_wakeup", "{event}", "Events returned by one epoll_wait that returned any.");
 
+        _meter.CreateObservableGauge("epoll.connections.table", () => (long)ConnectionTable.Shared.Count, "{entry}", "Entries in the process-wide connection table (connections and listening sockets).");
         _meter.CreateObservableCounter("epoll.bytes.received", () => Sum().BytesReceived, "By", "Bytes read from sockets.");
         _meter.CreateObservableCounter("epoll.bytes.sent", () => Sum().BytesSent, "By", "Bytes written to sockets.");
         _meter.CreateObservableCounter("epoll.syscalls.read", () => Sum().Reads, "{call}", "read(2) calls on connections.");
