@@ -4,7 +4,9 @@ using System.Net;
 using System.Net.Sockets;
 using System.Runtime.CompilerServices;
 using BenchmarkDotNet.Attributes;
+using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Connections;
+using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging.Abstractions;
 using Microsoft.Extensions.Options;
 using Transport.Epoll.Internal;
@@ -27,6 +29,7 @@ public class ConnectionRoundTripBenchmarks
     private IConnectionListener? _listener;
     private ConnectionContext? _connection;
     private Socket? _client;
+    private WebApplication? _host;
 
     [Params(false, true)]
     public bool InlineScheduling { get; set; }
@@ -35,7 +38,12 @@ public class ConnectionRoundTripBenchmarks
     public async Task StartAsync()
     {
         var options = new EpollTransportOptions { ThreadCount = 1, UnsafePreferInlineScheduling = InlineScheduling };
-        _factory = new EpollTransportFactory(Options.Create(options), NullLoggerFactory.Instance);
+
+        // Kestrel's pinned block pool, as a real host hands it to the transport (MemoryPool<byte>.Shared, the
+        // fallback without a host, allocates an owner object per rented block).
+        _host = WebApplication.CreateSlimBuilder().Build();
+        var pools = _host.Services.GetRequiredService<IMemoryPoolFactory<byte>>();
+        _factory = new EpollTransportFactory(Options.Create(options), NullLoggerFactory.Instance, pools);
         _listener = await _factory.BindAsync(new IPEndPoint(IPAddress.Loopback, 0));
         _client = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
         await _client.ConnectAsync(_listener.EndPoint);
@@ -60,13 +68,18 @@ public class ConnectionRoundTripBenchmarks
         {
             await _factory.DisposeAsync();
         }
+
+        if (_host is not null)
+        {
+            await _host.DisposeAsync();
+        }
     }
 
     [Benchmark]
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     public async ValueTask<int> ReceiveAndSend64()
     {
-        await _client!.SendAsync(_message, SocketFlags.None);
+        await _client!.SendAsync(_message.AsMemory(), SocketFlags.None);
         PipeReader input = _connection!.Transport.Input;
         PipeWriter output = _connection.Transport.Output;
         int echoed = 0;
