@@ -122,7 +122,14 @@ internal sealed partial class EpollConnection
             return;
         }
 
-        if (closeReason == EpollCloseReason.Aborted)
+        long unsent = closeReason is EpollCloseReason.Aborted or EpollCloseReason.TransportShutdown ? UnsentOutputBytes() : 0;
+        if (unsent > 0)
+        {
+            // Bytes the application wrote are about to be dropped: say so, so an aborted response is never lost
+            // silently (during a shutdown past Kestrel's timeout, for example).
+            EpollLog.AbortedWithUnsentOutput(_logger, ConnectionId, unsent, reason.Message);
+        }
+        else if (closeReason == EpollCloseReason.Aborted)
         {
             EpollLog.ConnectionAborted(_logger, ConnectionId, reason.Message);
         }
@@ -136,6 +143,27 @@ internal sealed partial class EpollConnection
         CompleteInput(reason);
         CompleteOutput(null);
         CloseFd();
+    }
+
+    /// <summary>What the application flushed that the kernel has not taken yet (on the loop, which owns the reader).</summary>
+    private long UnsentOutputBytes()
+    {
+        try
+        {
+            if (_sendCompleted || _outputReadPending || !_output.Reader.TryRead(out System.IO.Pipelines.ReadResult result))
+            {
+                return 0;
+            }
+
+            long length = result.Buffer.Length;
+            _output.Reader.AdvanceTo(result.Buffer.Start);
+            return length;
+        }
+        catch (Exception ex) when (ex is InvalidOperationException or IOException or ConnectionAbortedException)
+        {
+            // The application completed its output with an error: there is nothing countable to report.
+            return 0;
+        }
     }
 
     /// <summary>A read or write failed: the peer is gone (reset) or the socket broke. Pending sends are abandoned.</summary>

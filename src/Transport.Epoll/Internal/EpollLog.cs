@@ -59,6 +59,9 @@ internal static partial class EpollLog
     [LoggerMessage(204, LogLevel.Warning, "Connection {ConnectionId} did not finish sending within {Seconds} s of being disposed; it is aborted.")]
     public static partial void DisposeDrainTimedOut(ILogger logger, string connectionId, int seconds);
 
+    [LoggerMessage(206, LogLevel.Warning, "Connection {ConnectionId} aborted with {Bytes} bytes of output not sent: {Reason}")]
+    public static partial void AbortedWithUnsentOutput(ILogger logger, string connectionId, long bytes, string reason);
+
     [LoggerMessage(205, LogLevel.Error, "Connection {ConnectionId}: the application's output failed; the connection is aborted.")]
     public static partial void OutputFailed(ILogger logger, string connectionId, Exception exception);
 }
