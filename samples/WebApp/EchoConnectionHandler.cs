@@ -7,14 +7,18 @@ namespace WebApp;
 /// <summary>
 /// A raw TCP echo: every byte received is written back. When the peer shuts down its sending side (FIN), the
 /// handler completes its output once everything is echoed, so a half-closing client gets all its bytes back and then
-/// end-of-stream. A reset or an abort ends the connection quietly.
+/// end-of-stream. A reset or an abort ends the connection quietly. When the app shuts down, it stops reading and
+/// completes its output (the client gets a FIN), so an idle echo client does not hold the shutdown for Kestrel's
+/// whole shutdown timeout.
 /// </summary>
-public sealed class EchoConnectionHandler : ConnectionHandler
+public sealed class EchoConnectionHandler(IHostApplicationLifetime lifetime) : ConnectionHandler
 {
     public override async Task OnConnectedAsync(ConnectionContext connection)
     {
         PipeReader input = connection.Transport.Input;
         PipeWriter output = connection.Transport.Output;
+        using CancellationTokenRegistration stopping = lifetime.ApplicationStopping.Register(
+            static state => ((PipeReader)state!).CancelPendingRead(), input);
         try
         {
             while (true)
