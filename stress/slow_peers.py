@@ -104,6 +104,13 @@ class Probe:
             s.close()
 
 
+def machine_busy() -> int:
+    """Busy CPU ticks of the whole machine so far (all CPUs), from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    return sum(fields) - fields[3] - fields[4]  # minus idle and iowait
+
+
 def pct(values: list[float], p: float) -> float:
     if not values:
         return float("nan")
@@ -130,8 +137,10 @@ def slowhttptest(mode: str, server: sl.Server, conns: int, seconds: int) -> tupl
 
 
 def run_attack(cmd: list[str], seconds: int) -> str:
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+
     def pre():
-        resource.setrlimit(resource.RLIMIT_NOFILE, (65536, 65536))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(65536, hard), min(65536, hard)))
 
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, preexec_fn=pre)
@@ -145,11 +154,13 @@ def run_attack(cmd: list[str], seconds: int) -> str:
 def attack_summary(out: str) -> str:
     # slowhttptest's last status block: "pending connections: N", "connected: N", "error: N", "closed: N",
     # "service available: YES/NO"
+    out = re.sub(r"\x1b\[[0-9;]*m", "", out)
+
     def last(label):
-        found = re.findall(rf"{label}:\s*(\S+)", out)
+        found = re.findall(rf"^{label}:\s*(\S+)", out, re.M)
         return found[-1] if found else "?"
-    return (f"slowhttptest: connected {last('connected')}, closed {last('closed')}, pending {last('pending connections')}, "
-            f"error {last('error')}, its own probe says service available: {last('service available')}")
+    return (f"slowhttptest at its end: connected {last('connected')}, closed {last('closed')}, pending {last('pending')}, "
+            f"error {last('error')}; its own probe says service available: {last('service available')}")
 
 
 def part_attacks(args, results: list[str], failed: list[str]) -> None:
@@ -164,6 +175,8 @@ def part_attacks(args, results: list[str], failed: list[str]) -> None:
         server = sl.Server(transport, nofile=65536, name=f"slow-peers-{transport}", cpu=0 if args.pin else None)
         probe = Probe(server).start()
         try:
+            time.sleep(3)  # warm-up (JIT, pools): not measured
+            probe.take()
             time.sleep(5)
             lat, fails = probe.take()
             line = f"{transport:7s} no attack : {summary(lat)}, {len(fails)} probe failures"
@@ -172,12 +185,17 @@ def part_attacks(args, results: list[str], failed: list[str]) -> None:
             for mode in ("slowloris", "slow-body", "slow-read"):
                 cmd, _ = slowhttptest(mode, server, args.attack_conns, args.attack_seconds)
                 probe.take()
+                cpu0, busy0, t0 = sl.cpu_ticks(server.pid), machine_busy(), time.monotonic()
                 out = run_attack(cmd, args.attack_seconds)
                 lat, fails = probe.take()
+                dt = time.monotonic() - t0
+                server_cpu = 100.0 * (sl.cpu_ticks(server.pid) - cpu0) / sl.CLK_TCK / dt
+                machine = 100.0 * (machine_busy() - busy0) / sl.CLK_TCK / dt
                 p99 = pct(lat, 99)
                 ok = not fails and lat and p99 < args.p99_bar and server.alive()
                 line = (f"{transport:7s} {mode:10s}: {summary(lat)}, {len(fails)} probe failures "
-                        f"[{'PASS' if ok else 'FAIL'} p99 < {args.p99_bar:.0f} ms]\n          {attack_summary(out)}")
+                        f"[{'PASS' if ok else 'FAIL'} p99 < {args.p99_bar:.0f} ms]\n          server CPU {server_cpu:.0f}% of a "
+                        f"core, whole machine {machine:.0f}% of {os.cpu_count() * 100}%; {attack_summary(out)}")
                 print(line, flush=True)
                 results.append(line)
                 if not ok:

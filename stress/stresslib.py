@@ -152,6 +152,11 @@ class Server:
         full_env.pop("TRANSPORT_EPOLL_FAULTS", None)
         full_env.update(env or {})
 
+        if nofile is not None:
+            # Without CAP_SYS_RESOURCE (containers) the hard limit cannot be raised: use at most the current one.
+            nofile = min(nofile, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+        self.nofile = nofile
+
         def pre():
             os.setsid()
             if nofile is not None:
@@ -255,6 +260,24 @@ def proc_figures(pid: int) -> dict:
     return out
 
 
+def fd_targets(pid: int) -> dict:
+    """What the process's fds point at, counted: {"socket": 5, "/usr/share/dotnet/.../System.Linq.dll": 2, ...}."""
+    out: dict = {}
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                target = re.sub(r"^(socket|pipe|anon_inode:\[?[a-z_]+\]?).*", r"\1", target)
+                out[target] = out.get(target, 0) + 1
+    return out
+
+
+def fd_diff(before: dict, after: dict) -> str:
+    keys = sorted(set(before) | set(after))
+    parts = [f"{k}: {before.get(k, 0)}->{after.get(k, 0)}" for k in keys if before.get(k, 0) != after.get(k, 0)]
+    return ", ".join(parts) or "no difference"
+
+
 def cpu_ticks(pid: int) -> int:
     with open(f"/proc/{pid}/stat") as f:
         data = f.read()
@@ -289,7 +312,12 @@ def figures(pid: int, url: str) -> dict:
     p = proc_figures(pid)
     s = get_json(url + "/stats")
     c = s.get("counters", {})
+    targets = fd_targets(pid)
     return {
+        "fd_targets": targets,
+        # Sockets, pipes, epoll/eventfd: what a connection leak would show. The rest are files the runtime opens
+        # once, lazily (an assembly or a .pdb the first time an exception's stack trace is printed).
+        "io_fds": sum(n for t, n in targets.items() if not t.startswith("/")),
         "rss_mb": round(p["rss"] / 2**20, 1),
         "fds": p["fds"],
         "threads": p["threads"],

@@ -262,11 +262,15 @@ def self_cpu_seconds() -> float:
 
 class Window:
     """CPU accounting over one measurement: the server, the load generator (a child reaped inside the window),
-    this runner, and the whole machine; 'others' is what is left."""
+    this runner, and the whole machine; 'others' is what is left. The other variants' servers, idle meanwhile
+    (siblings), are part of 'others' (they would take CPU from the measured server just the same), and are also
+    reported on their own: after a load, .NET's tiered JIT can go on compiling in the background for a second."""
 
-    def __init__(self, server_pid: int):
+    def __init__(self, server_pid: int, siblings=()):
         self.pid = server_pid
+        self.siblings = list(siblings)
         self.t0 = time.monotonic()
+        self.siblings0 = sum(proc_cpu_seconds(p) for p in self.siblings)
         self.server0 = proc_cpu_seconds(server_pid)
         self.machine0 = machine_busy_seconds()
         self.children0 = children_cpu_seconds()
@@ -279,6 +283,7 @@ class Window:
         loadgen = children_cpu_seconds() - self.children0
         me = self_cpu_seconds() - self.self0
         others = max(0.0, machine - server - loadgen - me)
+        siblings = sum(proc_cpu_seconds(p) for p in self.siblings) - self.siblings0
         return {
             "wall_s": round(wall, 4),
             "server_cpu_s": round(server, 4),
@@ -289,6 +294,7 @@ class Window:
             "server_core_share": round(server / wall, 4) if wall > 0 else None,
             "loadgen_core_share": round(loadgen / wall, 4) if wall > 0 else None,
             "others_core_share": round(others / wall, 4) if wall > 0 else None,
+            "siblings_cpu_s": round(siblings, 4),
         }
 
 
@@ -437,6 +443,7 @@ class Server:
         self.log = log
         self.started_at = time.monotonic()
         self.ready_s = None
+        self.info = {}
         logf = open(self.log_path, "w")
         if variant.kind == "nginx":
             ndir = workdir / f"nginx-{self.port}"
@@ -679,7 +686,7 @@ class Runner:
         if cmd_warm:
             run_bounded(cmd_warm, timeout=warmup + 20)
         cmd = loadgen_command(load, server, window, self.args.client_cpu, self.lua)
-        w = Window(server.pid)
+        w = Window(server.pid, self.sibling_pids(server))
         code, out, err = run_bounded(cmd, timeout=window + 20)
         cpu = w.close()
         if load.tool == "wrk":
@@ -784,14 +791,25 @@ class Runner:
         tmp = self.args.out / "latest.json.tmp"
         tmp.write_text(json.dumps({"partial": True, "samples": self.samples, "events": self.events}, indent=1))
 
-    def start_server(self, variant: Variant, echo: bool, tag: str) -> Server:
+    def start_server(self, variant: Variant, echo: bool, what: str) -> Server:
+        tag = re.sub(r"[^A-Za-z0-9_.-]+", "-", what)
         server = Server(variant, echo, self.args.server_cpu, self.workdir, self.logdir, tag, self.log)
+        server.info = {"variant": variant.name, "what": f"{variant.name}, {what}", "log_problems": [],
+                       "log": str(server.log_path.relative_to(REPO)),
+                       "command": " ".join(shlex.quote(c) for c in server.cmd)}
+        self.sessions.append(server.info)
         try:
             server.wait_ready(self.args.ready_timeout)
         except BaseException:
-            server.stop()
+            self.finish_server(server)
             raise
+        server.info["ready_s"] = round(server.ready_s, 3)
+        self.log(f"{variant.name} ({what}): ready in {server.ready_s:.2f} s, pid {server.pid}")
         return server
+
+    def finish_server(self, server: Server):
+        server.stop()
+        server.info["log_problems"] = server.problems_in_log()
 
     # ---- the plan, and what is left of it (for the time budget) ----
 
@@ -800,47 +818,78 @@ class Runner:
         """The server code path a load exercises: its HTTP path, or the raw echo handler."""
         return load.path if load.http else "echo"
 
-    def session_loads(self, variant: Variant) -> list:
-        loads = [l for l in self.loads if variant.kind == "dotnet" or (l.http and l.tool in ("wrk", "h2load"))]
-        # Idle memory first, on a fresh server: after the other loads its pools would hold spare memory.
-        return sorted(loads, key=lambda l: l.tool != "idle")
-
-    def load_costs(self, loads: list) -> list:
-        """Nominal seconds per load in a session, following the warm-up policy of session()."""
-        costs, warm = [], set()
-        for load in loads:
-            if load.tool == "idle":
-                costs.append(3.0 + self.args.idle_settle)
-                continue
-            cost = self.args.window + 0.15
-            if not warm:
-                cost += self.args.session_warmup
-                warm.add(self.warm_key(LOADS_BY_NAME["plaintext64"] if load.http else load))
-            if self.wants_warmup(load, warm):
-                cost += self.args.warmup
-            warm.add(self.warm_key(load))
-            costs.append(cost)
-        return costs
-
-    def session_cost(self, variant: Variant) -> float:
-        loads = self.session_loads(variant)
-        return (1.0 + sum(self.load_costs(loads))) if loads else 0.0
+    def variant_loads(self, variant: Variant) -> list:
+        """The measured loads (not idle memory) a variant runs: nginx runs the HTTP ones only."""
+        return [l for l in self.loads if l.tool != "idle"
+                and (variant.kind == "dotnet" or (l.http and l.tool in ("wrk", "h2load")))]
 
     def wants_warmup(self, load: Load, warmed: set) -> bool:
-        # Full runs warm up before every load. Quick runs only when the load's code path is new to this server
-        # (plaintext at 16 connections after plaintext at 1 needs none): that is what fits them in 2 minutes.
+        # Full runs warm up before every sample (the server sat idle while the other variants were measured).
+        # Quick runs only when the load's code path is new to the server: that is what fits them in 2 minutes.
         return self.args.warmup > 0 and (not self.args.quick or self.warm_key(load) not in warmed)
+
+    def build_plan(self) -> list:
+        """The run, step by step, with each step's nominal seconds:
+        1. memory per idle connection, each on a server started for it and stopped after, rounds interleaved;
+        2. every variant's server started once and warmed up; they stay up, idle when not measured;
+        3. for each load, for each round, each variant in turn (A B C, A B C, ...): a sample.
+        Neighbouring samples of one load are seconds apart, so a burst of noise or a drift of the machine hits
+        the variants alike, which a whole session per variant would not."""
+        steps = []
+        idle = next((l for l in self.loads if l.tool == "idle"), None)
+        if idle:
+            for rnd in range(1, self.args.rounds + 1):
+                for v in self.variants:
+                    if v.kind == "dotnet":
+                        steps.append(("idle", rnd, v, idle, 1.0 + 3.0 + self.args.idle_settle))
+        warmed = {}
+        for v in self.variants:
+            if self.variant_loads(v):
+                steps.append(("start", 0, v, None, 1.0 + self.args.session_warmup))
+                warmed[v.name] = {"/plaintext"} if self.args.session_warmup > 0 else set()
+        if warmed:
+            steps.append(("settle", 0, None, None, 1.0))
+        for load in self.loads:
+            if load.tool == "idle":
+                continue
+            for rnd in range(1, self.args.rounds + 1):
+                for v in self.variants:
+                    if load in self.variant_loads(v):
+                        cost = self.args.window + 0.45  # start-up of the load generator, settle()
+                        if self.wants_warmup(load, warmed[v.name]):
+                            cost += self.args.warmup
+                        warmed[v.name].add(self.warm_key(load))
+                        steps.append(("sample", rnd, v, load, cost))
+        return steps
+
+    def plan_seconds(self) -> float:
+        return sum(step[-1] for step in self.build_plan())
+
+    def slowdown(self, remaining: float) -> float:
+        """How much slower than planned the run has been so far (a busy machine starts processes slowly too):
+        elapsed measuring time over the nominal cost of what is done, once there is enough to judge, 1 to 3."""
+        done = self.plan_total - remaining
+        if done < 10:
+            return 1.0
+        return min(3.0, max(1.0, (time.monotonic() - self.measure_start) / done))
 
     def may_rerun(self, remaining: float) -> bool:
         """A dropped sample is measured again only if the run still ends within its time budget."""
         if self.args.budget <= 0:
             return True
-        return time.monotonic() - self.started + remaining + self.args.window + 0.3 <= self.args.budget
+        expected = remaining * self.slowdown(remaining) * 1.1 + self.args.window + 0.3
+        return time.monotonic() - self.started + expected <= self.args.budget
+
+    def out_of_time(self, cost: float) -> bool:
+        """True when even the planned work (cost seconds) no longer fits the budget: the run then skips it, so it
+        stops on time on a machine too busy to measure anything useful anyway."""
+        return self.args.budget > 0 and time.monotonic() - self.started + cost > self.args.budget
 
     def quiet_wait_limit(self, remaining: float) -> float:
-        limit = 1.5 if self.args.quick else 4.0
+        limit = 0.6 if self.args.quick else 4.0
         if self.args.budget > 0:
-            slack = self.args.budget - (time.monotonic() - self.started) - remaining - self.args.window - 0.3
+            slack = self.args.budget - (time.monotonic() - self.started) - remaining * self.slowdown(remaining) \
+                - self.args.window - 0.3
             limit = min(limit, max(0.0, slack))
         return limit
 
@@ -849,7 +898,7 @@ class Runner:
         processes use less than the threshold. Returns the seconds waited (0 when the machine was quiet at once)."""
         t0 = time.monotonic()
         while True:
-            w = Window(server.pid)
+            w = Window(server.pid, self.sibling_pids(server))
             time.sleep(0.3)
             if w.close()["others_core_share"] <= self.args.noise_threshold:
                 break
@@ -858,90 +907,130 @@ class Runner:
         waited = time.monotonic() - t0
         return 0.0 if waited < 0.35 else waited
 
+    # ---- running it ----
+
     def run(self):
-        plan = [(rnd, v) for rnd in range(1, self.args.rounds + 1) for v in self.variants]
-        costs = [self.session_cost(v) for _, v in plan]
-        for k, (rnd, variant) in enumerate(plan):
-            self.session(variant, rnd, later=sum(costs[k + 1:]))
-
-    def session(self, variant: Variant, rnd: int, later: float = 0.0):
-        loads = self.session_loads(variant)
-        if not loads:
-            return
-        costs = self.load_costs(loads)
-        echo = any(l.tool in ("pingpong", "bulk") for l in loads)
-        info = {"variant": variant.name, "round": rnd, "restarts": 0, "log_problems": []}
-        self.sessions.append(info)
+        steps = self.build_plan()
+        costs = [step[-1] for step in steps]
+        self.plan_total = sum(costs)
+        self.measure_start = time.monotonic()
+        self.servers = {}  # variant name -> its resident server
+        self.warmed = {}  # variant name -> code paths its resident server has run
+        self.broken = set()  # variants whose server would not start
+        self.skipped = []
+        self.echo = any(l.tool in ("pingpong", "bulk") for l in self.loads)
+        current = None
         try:
-            server = self.start_server(variant, echo, f"r{rnd}")
-        except ServerFailure as e:
-            self.event(f"round {rnd}, {variant.name}: the server did not start: {e}")
-            for load in loads:
-                self.record(load, variant, rnd, 1, {"ops": 0, "rate": None, "errors": 1,
-                                                    "failure": "the server did not start"}, dropped=False)
-            return
-        info["ready_s"] = round(server.ready_s, 3)
-        info["log"] = str(server.log_path.relative_to(REPO))
-        info["command"] = " ".join(shlex.quote(c) for c in server.cmd)
-        self.log(f"round {rnd}, {variant.name}: ready in {server.ready_s:.2f} s (pid {server.pid})")
-        warmed = set()
-        try:
-            for i, load in enumerate(loads):
-                if not server.alive() or not http_ok(server.port, timeout=3.0):
-                    state = "exited" if not server.alive() else "stopped answering /plaintext"
-                    self.event(f"round {rnd}, {variant.name}: before {load.name}, the server {state}; "
-                               f"restarting it. Log tail:\n{server.log_tail()}")
-                    info["log_problems"] += server.problems_in_log()
-                    server.stop()
-                    info["restarts"] += 1
-                    warmed = set()
-                    try:
-                        server = self.start_server(variant, echo, f"r{rnd}-restart{info['restarts']}")
-                    except ServerFailure as e:
-                        self.event(f"round {rnd}, {variant.name}: the restart failed: {e}")
-                        for rest in loads[i:]:
-                            self.record(rest, variant, rnd, 1, {"ops": 0, "rate": None, "errors": 1,
-                                                                "failure": "the server could not be restarted"},
-                                        dropped=False)
-                        return
-                try:
-                    self.one_load(load, variant, rnd, server, warmed, sum(costs[i + 1:]) + later)
-                except Exception as e:  # a bug here must not lose the samples already taken
-                    self.event(f"round {rnd}, {variant.name}, {load.name}: the runner failed: "
-                               f"{type(e).__name__}: {e}")
-                    self.record(load, variant, rnd, 1, {"ops": 0, "rate": None, "errors": 1,
-                                                        "failure": f"runner error: {type(e).__name__}: {e}"},
+            for k, (kind, rnd, variant, load, cost) in enumerate(steps):
+                remaining = sum(costs[k + 1:])
+                if kind in ("idle", "sample") and self.out_of_time(cost):
+                    self.skipped.append(f"{load.name} r{rnd} {variant.name}")
+                    self.record(load, variant, rnd, 1, {"ops": 0, "rate": None, "errors": 0, "skipped": True,
+                                                        "failure": "skipped: the time budget was spent"},
                                 dropped=False)
+                    continue
+                if kind == "sample" and load is not current:
+                    current = load
+                    self.log(f"{load.name}: {load.label}")
+                try:
+                    if kind == "idle":
+                        self.idle_step(variant, rnd, load)
+                    elif kind == "start":
+                        if not self.out_of_time(cost):
+                            self.ensure_server(variant, before="the loads")
+                    elif kind == "settle":
+                        # The last warm-up's background JIT finishes before the first sample, not during it.
+                        if self.servers:
+                            first = next(iter(self.servers.values()))
+                            self.wait_quiet(first, 2.0)
+                    else:
+                        self.sample_step(load, variant, rnd, remaining)
+                except Exception as e:  # a bug here must not lose the samples already taken
+                    what = f"{variant.name if variant else 'all'}, {load.name if load else kind}, round {rnd}"
+                    self.event(f"{what}: the runner failed: {type(e).__name__}: {e}")
+                    if load:
+                        self.record(load, variant, rnd, 1, {"ops": 0, "rate": None, "errors": 1,
+                                                            "failure": f"runner error: {type(e).__name__}: {e}"},
+                                    dropped=False)
         finally:
-            info["log_problems"] += server.problems_in_log()
-            server.stop()
+            for server in self.servers.values():
+                self.finish_server(server)
+        if self.skipped:
+            self.event(f"skipped {len(self.skipped)} sample(s), the time budget ({self.args.budget:.0f} s) was "
+                       f"spent: {', '.join(self.skipped)}")
 
-    def one_load(self, load: Load, variant: Variant, rnd: int, server: Server, warmed: set, remaining: float):
-        """Measures one load on a running server: a sample, and a second one if the first was noisy.
-        remaining: the nominal seconds of the plan after this load (for the time budget)."""
-        if load.tool == "idle":
-            r = self.idle_memory(server)
-            self.record(load, variant, rnd, 1, r, dropped=False)
-            self.log(f"  {load.name:<13} {r['rate']:>10.0f} bytes/conn  (RSS {r['rss_before_kib'] / 1024:.1f}"
-                     f" -> {r['rss_after_kib'] / 1024:.1f} MiB, {r['fds_accepted']} accepted)"
-                     + (f"  [{r['failure']}]" if r.get("failure") else ""))
+    def sibling_pids(self, server: Server) -> list:
+        return [s.pid for s in getattr(self, "servers", {}).values() if s is not server and s.alive()]
+
+    def ensure_server(self, variant: Variant, before: str):
+        """The variant's resident server, started (and warmed up) if it is not running, restarted if it died or
+        stopped answering. None when it cannot be started: that is recorded once, and its samples fail fast."""
+        if variant.name in self.broken:
+            return None
+        server = self.servers.get(variant.name)
+        if server is not None:
+            if server.alive() and http_ok(server.port, timeout=3.0):
+                return server
+            state = "exited" if not server.alive() else "stopped answering /plaintext"
+            self.event(f"{variant.name}: before {before}, the server {state}; restarting it. Its output:\n"
+                       f"{server.log_tail()}")
+            self.finish_server(server)
+            del self.servers[variant.name]
+        restarts = sum(1 for s in self.sessions if s["variant"] == variant.name and "loads" in s["what"])
+        try:
+            server = self.start_server(variant, self.echo and variant.kind == "dotnet",
+                                       "loads" if restarts == 0 else f"loads, restart {restarts}")
+        except ServerFailure as e:
+            self.event(f"{variant.name}: the server did not start: {e}")
+            self.broken.add(variant.name)
+            return None
+        self.servers[variant.name] = server
+        self.warmed[variant.name] = set()
+        if self.args.session_warmup > 0:
+            # Once per server: the JIT and the pools warm before the first measured load.
+            run_bounded(loadgen_command(LOADS_BY_NAME["plaintext64"], server, self.args.session_warmup,
+                                        self.args.client_cpu, self.lua), timeout=self.args.session_warmup + 20)
+            self.warmed[variant.name].add("/plaintext")
+        return server
+
+    def idle_step(self, variant: Variant, rnd: int, load: Load):
+        try:
+            server = self.start_server(variant, False, f"idle memory, round {rnd}")
+        except ServerFailure as e:
+            self.event(f"{variant.name}: the server did not start for the idle-memory step: {e}")
+            self.record(load, variant, rnd, 1, {"ops": 0, "rate": None, "errors": 1,
+                                                "failure": "the server did not start"}, dropped=False)
             return
-        if not warmed and self.args.session_warmup > 0:
-            # Once per server: JIT and pools warm before the first measured load.
-            warm_load = LOADS_BY_NAME["plaintext64"] if load.http else load
-            run_bounded(loadgen_command(warm_load, server, self.args.session_warmup, self.args.client_cpu,
-                                        self.lua), timeout=self.args.session_warmup + 20)
-            warmed.add(self.warm_key(warm_load))
+        try:
+            r = self.idle_memory(server)
+        finally:
+            self.finish_server(server)
+        self.record(load, variant, rnd, 1, r, dropped=False)
+        self.log(f"  idle memory  r{rnd} {variant.name:<13} {r['rate']:>8.0f} bytes/conn  (RSS "
+                 f"{r['rss_before_kib'] / 1024:.1f} -> {r['rss_after_kib'] / 1024:.1f} MiB, {r['fds_accepted']} "
+                 f"accepted)" + (f"  [{r['failure']}]" if r.get("failure") else ""))
+
+    def sample_step(self, load: Load, variant: Variant, rnd: int, remaining: float):
+        """One sample of one load on one variant, and a second one if the first was noisy.
+        remaining: the nominal seconds of the plan after this step (for the time budget)."""
+        server = self.ensure_server(variant, before=f"{load.name}, round {rnd}")
+        if server is None:
+            self.record(load, variant, rnd, 1, {"ops": 0, "rate": None, "errors": 1,
+                                                "failure": "the server did not start"}, dropped=False)
+            return
+        warmed = self.warmed[variant.name]
         warmup = self.args.warmup if self.wants_warmup(load, warmed) else 0
         warmed.add(self.warm_key(load))
         r = self.run_load(load, server, warmup, self.args.window)
         attempt = 1
         if self.noisy(r):
             reason = f"others used {r['others_core_share'] * 100:.0f}% of a core"
+            if r["wall_s"] and r["siblings_cpu_s"] / r["wall_s"] > self.args.noise_threshold:
+                reason += f", {r['siblings_cpu_s'] / r['wall_s'] * 100:.0f}% by the other variants' idle servers"
             if self.may_rerun(remaining):
                 self.record(load, variant, rnd, attempt, r, dropped=True, reason=reason)
                 waited = self.wait_quiet(server, self.quiet_wait_limit(remaining))
-                self.log(f"  {load.name:<13} dropped ({reason}); again"
+                self.log(f"  r{rnd} {variant.name:<13} dropped ({reason}); again"
                          + (f" after waiting {waited:.1f} s for the machine to calm down" if waited else ""))
                 attempt = 2
                 # No warm-up: the dropped run was one.
@@ -953,7 +1042,20 @@ class Runner:
                 r["noisy"] = True
                 r["noisy_note"] = "not run again: the time budget is spent"
         self.record(load, variant, rnd, attempt, r, dropped=False)
-        self.log_sample(load, r)
+        self.log_sample(load, variant, rnd, r)
+        self.samples[-1]["settle_s"] = round(self.settle(server), 2)
+
+    def settle(self, server: Server, limit: float = 2.0) -> float:
+        """After a sample, waits (at most limit seconds) until the server just measured is idle, so that what it
+        still does after the load (.NET's tiered JIT compiles in the background for up to a second or so) does not
+        land in the next variant's window. Only this server is watched: other people's work does not make it wait."""
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < limit and server.alive():
+            c0 = proc_cpu_seconds(server.pid)
+            time.sleep(0.25)
+            if (proc_cpu_seconds(server.pid) - c0) / 0.25 <= self.args.noise_threshold:
+                break
+        return time.monotonic() - t0
 
     def noisy(self, r: dict) -> bool:
         share = r.get("others_core_share")
@@ -963,7 +1065,7 @@ class Runner:
         self.events.append(text)
         self.log("  ! " + text.replace("\n", "\n    "))
 
-    def log_sample(self, load: Load, r: dict):
+    def log_sample(self, load: Load, variant: Variant, rnd: int, r: dict):
         lat = f" p99 {r['p99_ms']:.2f} ms" if r.get("p99_ms") is not None else ""
         cost = f" {r['cost']:.1f} {load.cost_unit}" if r.get("cost") is not None else ""
         flags = []
@@ -977,7 +1079,8 @@ class Runner:
             again = "not run again, the time budget is spent" if r.get("noisy_note") else "noisy again"
             flags.append(f"{again}: others {r['others_core_share'] * 100:.0f}% of a core, kept")
         rate = r.get("rate") or 0.0
-        self.log(f"  {load.name:<13} {rate:>10.1f} {load.unit}{lat}{cost}; server {r['server_core_share'] * 100:.0f}%"
+        self.log(f"  r{rnd} {variant.name:<13} {rate:>10.1f} {load.unit}{lat}{cost}; server "
+                 f"{r['server_core_share'] * 100:.0f}%"
                  f", load-gen {r['loadgen_core_share'] * 100:.0f}%, others {r['others_core_share'] * 100:.0f}%"
                  + (f"  [{'; '.join(flags)}]" if flags else ""))
 
@@ -1023,12 +1126,13 @@ def summarize(samples, loads, variants) -> dict:
             mine = [s for s in samples if s["load"] == load.name and s["variant"] == v.name]
             if not mine:
                 continue
-            kept = [s for s in mine if not s["dropped"]]
+            kept_all = [s for s in mine if not s["dropped"]]
+            measured = [s for s in kept_all if s.get("rate") is not None]
             # Samples that were noisy twice are kept, but only used when the cell has no clean sample at all.
-            clean = [s for s in kept if not s.get("noisy")]
-            noisy_kept = len(kept) - len(clean)
-            only_noisy = not clean and bool(kept)
-            kept = clean or kept
+            clean = [s for s in measured if not s.get("noisy")]
+            noisy_kept = len(measured) - len(clean)
+            only_noisy = not clean and bool(measured)
+            kept = clean or measured
             rates = [s["rate"] for s in kept if s.get("rate") is not None]
             cells[(load.name, v.name)] = {
                 "median": median_or_none(rates),
@@ -1044,9 +1148,10 @@ def summarize(samples, loads, variants) -> dict:
                 "server_share": median_or_none(s.get("server_core_share") for s in kept),
                 "loadgen_share": median_or_none(s.get("loadgen_core_share") for s in kept),
                 "others_share": median_or_none(s.get("others_core_share") for s in kept),
-                "errors": sum(s.get("errors") or 0 for s in kept),
-                "non2xx": sum(s.get("non2xx") or 0 for s in kept),
-                "failures": sorted({s["failure"] for s in kept if s.get("failure")}),
+                # Failures count wherever they happened, in noisy and dropped samples too.
+                "errors": sum(s.get("errors") or 0 for s in mine),
+                "non2xx": sum(s.get("non2xx") or 0 for s in mine),
+                "failures": sorted({s["failure"] for s in mine if s.get("failure")}),
             }
     return cells
 
@@ -1069,7 +1174,7 @@ def markdown(meta, loads, variants, cells) -> str:
                f"{' + uncommitted changes' if meta['git']['dirty'] else ''} · {meta['machine']['cpu']}, "
                f"{meta['machine']['cpus']} CPUs, Linux {meta['machine']['kernel']} · .NET SDK {meta['dotnet']} · "
                f"server on CPU {meta['settings']['server_cpu']}, load generator on CPU "
-               f"{meta['settings']['client_cpu']} · {meta['settings']['rounds']} round(s) interleaved, "
+               f"{meta['settings']['client_cpu']} · {meta['settings']['rounds']} round(s), variants interleaved per load, "
                f"{meta['settings']['warmup_s']:g} s warm-up + {meta['settings']['window_s']:g} s window per sample · "
                f"run took {meta['elapsed_s'] / 60:.1f} min")
     out.append("")
@@ -1162,8 +1267,8 @@ def markdown(meta, loads, variants, cells) -> str:
         problems.append("- ⚠ " + e.splitlines()[0])
     for s in meta["sessions"]:
         if s.get("log_problems"):
-            problems.append(f"- ⚠ round {s['round']}, {s['variant']}: the server logged {len(s['log_problems'])} "
-                            f"error line(s), first: `{s['log_problems'][0][:200]}`")
+            problems.append(f"- ⚠ {s.get('what', s['variant'])}: the server logged {len(s['log_problems'])} "
+                            f"error line(s), first: `{s['log_problems'][0][:300]}` (whole output: `{s['log']}`)")
     if problems:
         out.append("## Problems")
         out.append("")
@@ -1358,7 +1463,7 @@ def parse_args(argv):
     p = argparse.ArgumentParser(
         description="Side-by-side load test of the epoll transport and Kestrel's Sockets transport (see README.md).")
     p.add_argument("--quick", action="store_true",
-                   help="1 round, 2 s windows, warm-up only when a load's code path is new to the server: "
+                   help="1 round, 1 s windows, warm-up only when a load's code path is new to the server: "
                         "under 2 minutes")
     p.add_argument("--loads", help="comma-separated, from: " + ", ".join(l.name for l in LOADS) + " (default: all)")
     p.add_argument("--variants", help="comma-separated variant names (default: sockets,epoll,epoll-inline, "
@@ -1369,11 +1474,11 @@ def parse_args(argv):
     p.add_argument("--nginx", action="store_true", help="add nginx (1 worker, return 200) as a reference")
     p.add_argument("--rounds", type=int, help="rounds, interleaved (default 3; 1 with --quick)")
     p.add_argument("--warmup", type=int, help="whole seconds of load before each window (default 1; 1 with --quick)")
-    p.add_argument("--window", type=int, help="whole seconds measured per sample (default 3; 2 with --quick)")
+    p.add_argument("--window", type=int, help="whole seconds measured per sample (default 3; 1 with --quick)")
     p.add_argument("--session-warmup", type=int,
                    help="whole seconds of plaintext load once per server start (default 3; 2 with --quick)")
     p.add_argument("--budget", type=float,
-                   help="seconds the whole run may take (default 590; 110 with --quick): dropped samples are run "
+                   help="seconds the whole run may take (default 590; 115 with --quick): dropped samples are run "
                         "again only while the plan still fits; 0: no limit")
     p.add_argument("--noise-threshold", type=float, default=0.10,
                    help="drop a sample when other processes used more than this share of one core (default 0.10)")
@@ -1388,7 +1493,7 @@ def parse_args(argv):
     p.add_argument("--report", type=Path, metavar="JSON",
                    help="measure nothing: write the table and chart again from a results JSON")
     args = p.parse_args(argv)
-    defaults = {"rounds": (3, 1), "warmup": (1, 1), "window": (3, 2), "session_warmup": (3, 2), "budget": (590, 110),
+    defaults = {"rounds": (3, 1), "warmup": (1, 1), "window": (3, 1), "session_warmup": (3, 2), "budget": (590, 115),
                 "idle_settle": (1.0, 0.5)}
     for key, (full, quick) in defaults.items():
         if getattr(args, key) is None:
@@ -1486,7 +1591,7 @@ def main(argv=None) -> int:
         if any(l.tool in ("pingpong", "bulk", "idle") for l in loads):
             build_tcpload(log)
         runner = Runner(args, loads, variants, workdir, log, started)
-        estimate = sum(runner.session_cost(v) for v in variants) * args.rounds
+        estimate = runner.plan_seconds()
         log(f"plan: {len(loads)} loads × {len(variants)} variants × {args.rounds} round(s), "
             f"{args.warmup} s warm-up + {args.window} s window per sample: about {estimate / 60:.1f} min of measuring"
             + (f"; over the time budget of {args.budget:.0f} s (cut --rounds or --window)"

@@ -117,8 +117,8 @@ public sealed class ConnectionIdTests(ITestOutputHelper output)
             // And B still closes normally.
             clientB.Shutdown(SocketShutdown.Send);
             Assert.Empty(await clientB.ReceiveToEndAsync());
-            b.Release.SetResult();
             await b.Closed.WithTimeout();
+            b.Release.SetResult();
             return;
         }
     }

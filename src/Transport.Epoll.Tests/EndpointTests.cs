@@ -252,6 +252,45 @@ public sealed class EndpointTests(ITestOutputHelper output)
         }
     }
 
+    /// <summary>
+    /// MaxPendingAccepts = 1: the loops pause accepting whenever one accepted connection waits for Kestrel, and must
+    /// resume every time Kestrel takes it, or the listener stalls with the kernel's backlog full.
+    /// </summary>
+    [Theory]
+    [InlineData(EpollAcceptDistribution.ReusePort)]
+    [InlineData(EpollAcceptDistribution.Exclusive)]
+    public async Task Accepting_resumes_every_time_with_MaxPendingAccepts_of_one(EpollAcceptDistribution distribution)
+    {
+        await using var server = await TestServer.StartRawAsync(Transports.Epoll, Handlers.EchoAsync, o =>
+        {
+            o.ThreadCount = 2;
+            o.AcceptDistribution = distribution;
+            o.MaxPendingAccepts = 1;
+        }, output);
+
+        for (int round = 0; round < 10; round++)
+        {
+            var clients = await Task.WhenAll(Enumerable.Range(0, 50).Select(_ => Client.ConnectAsync(server.EndPoint))).WithTimeout();
+            try
+            {
+                await Task.WhenAll(clients.Select(async (socket, i) =>
+                {
+                    await socket.SendAllAsync($"r{round:D2}c{i:D2}");
+                    Assert.Equal($"r{round:D2}c{i:D2}", Encoding.ASCII.GetString(await socket.ReceiveExactlyAsync(6)));
+                })).WithTimeout();
+            }
+            finally
+            {
+                foreach (var socket in clients)
+                {
+                    socket.Dispose();
+                }
+            }
+        }
+
+        Assert.Equal(500, server.ConnectionCount);
+    }
+
     private static async Task AssertAddressInUseAsync(TestServerOptions options)
     {
         var ex = await Assert.ThrowsAnyAsync<Exception>(() => TestServer.StartAsync(options));

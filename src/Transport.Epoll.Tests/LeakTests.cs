@@ -18,6 +18,7 @@ public sealed class LeakTests(ITestOutputHelper output)
         await using var server = await TestServer.StartHttpAsync(transport, TestApp.Map, output: output);
         await RunCyclesAsync(server, 100);
         int baseline = await SettledFdCountAsync();
+        var before = ProcessInfo.OpenFds();
         int tableBaseline = ConnectionTable.Shared.Count;
 
         await RunCyclesAsync(server, 3000);
@@ -25,7 +26,7 @@ public sealed class LeakTests(ITestOutputHelper output)
         int after = 0;
         bool settled = await Poll.UntilAsync(() => (after = ProcessInfo.OpenFdCount()) <= baseline + Tolerance);
         output.WriteLine($"fds: baseline {baseline}, after 3000 connections {after}.");
-        Assert.True(settled, $"{after - baseline} fds more than before 3000 connections (baseline {baseline}).");
+        Assert.True(settled, $"{after - baseline} fds more than before 3000 connections (baseline {baseline}): {ProcessInfo.DescribeNewFds(before)}");
 
         // The epoll transport's connection table gives every slot back (the Sockets host never touches it).
         int slots = 0;
@@ -39,6 +40,7 @@ public sealed class LeakTests(ITestOutputHelper output)
     {
         await using var server = await TestServer.StartRawAsync(transport, Handlers.EchoAsync, output: output);
         int baseline = await SettledFdCountAsync();
+        var before = ProcessInfo.OpenFds();
         int tableBaseline = ConnectionTable.Shared.Count;
 
         for (int i = 0; i < 500; i++)
@@ -51,7 +53,7 @@ public sealed class LeakTests(ITestOutputHelper output)
 
         int after = 0;
         bool settled = await Poll.UntilAsync(() => (after = ProcessInfo.OpenFdCount()) <= baseline + Tolerance);
-        Assert.True(settled, $"{after - baseline} fds more than before 500 reset connections (baseline {baseline}).");
+        Assert.True(settled, $"{after - baseline} fds more than before 500 reset connections (baseline {baseline}): {ProcessInfo.DescribeNewFds(before)}");
         Assert.True(await Poll.UntilAsync(() => ConnectionTable.Shared.Count == tableBaseline), "Connection-table slots leaked by reset connections.");
     }
 
@@ -68,6 +70,7 @@ public sealed class LeakTests(ITestOutputHelper output)
 
         Assert.True(await Poll.UntilAsync(() => ProcessInfo.EpollThreadNames().Count == 0), "epoll- threads alive after the warm-up host was disposed.");
         int baseline = await SettledFdCountAsync();
+        var before = ProcessInfo.OpenFds();
         int tableBaseline = ConnectionTable.Shared.Count;
 
         var server = await TestServer.StartAsync(new TestServerOptions { Transport = Transports.Epoll, ConfigureApp = TestApp.Map, Epoll = o => o.ThreadCount = 3, Output = output });
@@ -94,7 +97,7 @@ public sealed class LeakTests(ITestOutputHelper output)
         Assert.True(await Poll.UntilAsync(() => ProcessInfo.EpollThreadNames().Count == 0), "epoll- threads alive after the host was disposed: " + string.Join(", ", ProcessInfo.EpollThreadNames()));
         int after = 0;
         bool settled = await Poll.UntilAsync(() => (after = ProcessInfo.OpenFdCount()) <= baseline + Tolerance);
-        Assert.True(settled, $"{after - baseline} fds more after the host was disposed than before it started (baseline {baseline}).");
+        Assert.True(settled, $"{after - baseline} fds more after the host was disposed than before it started (baseline {baseline}): {ProcessInfo.DescribeNewFds(before)}");
         Assert.Equal(tableBaseline, ConnectionTable.Shared.Count);
     }
 

@@ -56,4 +56,71 @@ public sealed class RawConnectionTests(ITestOutputHelper output)
         Assert.Equal(21, ids.Count);
         Assert.Equal(21, ids.Distinct().Count());
     }
+
+    /// <summary>
+    /// Whoever holds the ConnectionClosed token must see it fire, even when the connection is disposed right after it
+    /// closed (Kestrel disposes it as soon as the handler returns). The Sockets transport's DisposeAsync waits for the
+    /// token's callbacks to have run.
+    /// </summary>
+    [Theory, BothTransports]
+    public async Task ConnectionClosed_has_fired_when_DisposeAsync_returns(string transport)
+    {
+        const int count = 200;
+        int fired = 0, notFired = 0;
+        await using var server = await TestServer.StartRawAsync(transport, async connection =>
+        {
+            var token = connection.ConnectionClosed;
+            int callback = 0;
+            using var registration = token.Register(() => Interlocked.Exchange(ref callback, 1));
+            await Handlers.EchoAsync(connection);
+            await connection.DisposeAsync();
+            Interlocked.Increment(ref Volatile.Read(ref callback) == 1 && token.IsCancellationRequested ? ref fired : ref notFired);
+        }, output: output);
+
+        int next = -1;
+        await Task.WhenAll(Enumerable.Range(0, 8).Select(async _ =>
+        {
+            while (Interlocked.Increment(ref next) < count)
+            {
+                using var socket = await Client.ConnectAsync(server.EndPoint);
+                await socket.SendAllAsync("bye");
+                socket.Shutdown(SocketShutdown.Send);
+                Assert.Equal("bye", Encoding.ASCII.GetString(await socket.ReceiveToEndAsync()));
+            }
+        })).WithTimeout(Timeouts.Bulk);
+
+        Assert.True(await Poll.UntilAsync(() => Volatile.Read(ref fired) + Volatile.Read(ref notFired) == count), "Not every handler finished.");
+        Assert.Equal(0, notFired);
+    }
+
+    /// <summary>
+    /// A handler may dispose its connection itself; Kestrel disposes it again after the handler returns. Neither
+    /// call may hang, or Kestrel keeps waiting for the connection at shutdown until the shutdown timeout (15 s here).
+    /// </summary>
+    [Theory, BothTransports]
+    public async Task A_connection_the_handler_disposes_itself_does_not_hold_up_host_shutdown(string transport)
+    {
+        var handlerDone = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var server = await TestServer.StartRawAsync(transport, async connection =>
+        {
+            await Handlers.EchoAsync(connection);
+            await connection.DisposeAsync();
+            await connection.DisposeAsync();
+            handlerDone.TrySetResult();
+        }, output: output);
+        try
+        {
+            using var socket = await Client.ConnectAsync(server.EndPoint);
+            await socket.SendAllAsync("bye");
+            socket.Shutdown(SocketShutdown.Send);
+            Assert.Equal("bye", Encoding.ASCII.GetString(await socket.ReceiveToEndAsync()));
+            await handlerDone.Task.WithTimeout();
+        }
+        finally
+        {
+            var stopwatch = System.Diagnostics.Stopwatch.StartNew();
+            await server.DisposeAsync();
+            Assert.True(stopwatch.Elapsed < TimeSpan.FromSeconds(5), $"Stopping the host took {stopwatch.Elapsed.TotalSeconds:0.0} s.");
+        }
+    }
 }

@@ -6,6 +6,28 @@ public static class ProcessInfo
     /// <summary>How many file descriptors the process has open.</summary>
     public static int OpenFdCount() => Directory.GetFiles("/proc/self/fd").Length;
 
+    /// <summary>Every open fd and what it is.</summary>
+    public static Dictionary<int, string> OpenFds()
+    {
+        var fds = new Dictionary<int, string>();
+        foreach (string path in Directory.GetFiles("/proc/self/fd"))
+        {
+            int fd = int.Parse(Path.GetFileName(path), System.Globalization.CultureInfo.InvariantCulture);
+            fds[fd] = DescribeFd(fd) ?? "?";
+        }
+
+        return fds;
+    }
+
+    /// <summary>What is open now that was not in <paramref name="before"/>, for failure messages.</summary>
+    public static string DescribeNewFds(Dictionary<int, string> before)
+    {
+        var now = OpenFds();
+        var added = now.Where(kv => !before.TryGetValue(kv.Key, out string? was) || was != kv.Value)
+            .Select(kv => $"{kv.Key}->{kv.Value}").ToList();
+        return added.Count == 0 ? "(none)" : string.Join(", ", added.Take(40));
+    }
+
     /// <summary>Whether <paramref name="fd"/> is open, and what it is ("socket:[1234]", a path, ...).</summary>
     public static string? DescribeFd(long fd)
     {

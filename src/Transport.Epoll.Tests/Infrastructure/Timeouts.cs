@@ -1,3 +1,5 @@
+using System.Runtime.CompilerServices;
+
 namespace Transport.Epoll.Tests.Infrastructure;
 
 /// <summary>Every network wait in the suite is bounded by one of these, so a hang fails fast instead of stalling the run.</summary>
@@ -9,17 +11,39 @@ public static class Timeouts
     /// <summary>A bulk transfer or a batch of many connections.</summary>
     public static readonly TimeSpan Bulk = TimeSpan.FromSeconds(30);
 
-    /// <summary>Bounds an awaited task by <see cref="Default"/>: a <see cref="TimeoutException"/> instead of a hang.</summary>
-    public static Task<T> WithTimeout<T>(this Task<T> task, TimeSpan? timeout = null) => task.WaitAsync(timeout ?? Default);
+    /// <summary>Bounds an awaited task by <see cref="Default"/>: a <see cref="TimeoutException"/> naming the wait instead of a hang.</summary>
+    public static async Task<T> WithTimeout<T>(this Task<T> task, TimeSpan? timeout = null, [CallerArgumentExpression(nameof(task))] string? what = null)
+    {
+        try
+        {
+            return await task.WaitAsync(timeout ?? Default);
+        }
+        catch (TimeoutException ex)
+        {
+            throw new TimeoutException($"Waited {(timeout ?? Default).TotalSeconds:0.#} s for: {what}", ex);
+        }
+    }
 
-    /// <summary>Bounds an awaited task by <see cref="Default"/>: a <see cref="TimeoutException"/> instead of a hang.</summary>
-    public static Task WithTimeout(this Task task, TimeSpan? timeout = null) => task.WaitAsync(timeout ?? Default);
+    /// <summary>Bounds an awaited task by <see cref="Default"/>: a <see cref="TimeoutException"/> naming the wait instead of a hang.</summary>
+    public static async Task WithTimeout(this Task task, TimeSpan? timeout = null, [CallerArgumentExpression(nameof(task))] string? what = null)
+    {
+        try
+        {
+            await task.WaitAsync(timeout ?? Default);
+        }
+        catch (TimeoutException ex)
+        {
+            throw new TimeoutException($"Waited {(timeout ?? Default).TotalSeconds:0.#} s for: {what}", ex);
+        }
+    }
 
     /// <summary>Bounds an awaited value task by <see cref="Default"/>.</summary>
-    public static Task<T> WithTimeout<T>(this ValueTask<T> task, TimeSpan? timeout = null) => task.AsTask().WaitAsync(timeout ?? Default);
+    public static Task<T> WithTimeout<T>(this ValueTask<T> task, TimeSpan? timeout = null, [CallerArgumentExpression(nameof(task))] string? what = null) =>
+        task.AsTask().WithTimeout(timeout, what);
 
     /// <summary>Bounds an awaited value task by <see cref="Default"/>.</summary>
-    public static Task WithTimeout(this ValueTask task, TimeSpan? timeout = null) => task.AsTask().WaitAsync(timeout ?? Default);
+    public static Task WithTimeout(this ValueTask task, TimeSpan? timeout = null, [CallerArgumentExpression(nameof(task))] string? what = null) =>
+        task.AsTask().WithTimeout(timeout, what);
 
     /// <summary>A token that cancels after <paramref name="timeout"/> (default <see cref="Default"/>).</summary>
     public static CancellationTokenSource Cts(TimeSpan? timeout = null) => new(timeout ?? Default);

@@ -22,13 +22,19 @@ public sealed class FloodTests(ITestOutputHelper output)
     [Fact]
     public async Task Out_of_fds_the_server_keeps_its_connections_does_not_spin_and_accepts_again_once_fds_are_free()
     {
-        // The runtime alone holds ~190 fds (two per loaded assembly); 320 leaves ~100 for connections.
-        const int FdLimit = 320;
-        await using var sample = await SampleProcess.StartAsync(fdLimit: FdLimit, output: output);
-        Assert.Contains(File.ReadLines($"/proc/{sample.Pid}/limits"), l => l.StartsWith("Max open files", StringComparison.Ordinal) && l.Contains($" {FdLimit} ", StringComparison.Ordinal));
+        await using var sample = await SampleProcess.StartAsync(output: output);
 
-        // Warm up so the assemblies a request needs are loaded (and their fds taken) before the fds run out.
+        // Warm up so the assemblies a request needs are loaded (and their fds taken) before the fds run out, then
+        // leave the sample room for about a hundred connections.
         Assert.True(await IntegrityWorkload.ServesPlaintextAsync(sample, attempts: 1), "The sample does not serve.\n" + sample.Tail());
+        using (var warmUp = await Client.ConnectAsync(sample.EchoEndPoint))
+        {
+            await warmUp.SendAllAsync("warm-up");
+            await warmUp.ReceiveExactlyAsync(7);
+        }
+
+        int fdLimit = sample.LimitFds(headroom: 100);
+        Assert.Contains(File.ReadLines($"/proc/{sample.Pid}/limits"), l => l.StartsWith("Max open files", StringComparison.Ordinal) && l.Contains($" {fdLimit} ", StringComparison.Ordinal));
 
         using var cts = Timeouts.Cts(Timeouts.Bulk * 2);
         var served = new List<Socket>();
@@ -38,7 +44,7 @@ public sealed class FloodTests(ITestOutputHelper output)
         try
         {
             // Connect until a connection is not served: the kernel completes it into the backlog, but accept4 fails.
-            for (int i = 0; i < FdLimit && unserved is null; i++)
+            for (int i = 0; i < fdLimit && unserved is null; i++)
             {
                 var socket = await Client.ConnectAsync(sample.EchoEndPoint);
                 byte[] message = Encoding.ASCII.GetBytes($"#{i:D4};");
@@ -57,7 +63,7 @@ public sealed class FloodTests(ITestOutputHelper output)
 
             Assert.True(unserved is not null, $"{served.Count} connections, all served: the server never ran out of fds.");
             string backOff = await sample.WaitForLineAsync("EMFILE");
-            output.WriteLine($"{served.Count} connections served, then: {backOff}; the sample has {sample.OpenFdCount()} fds open (limit {FdLimit}).");
+            output.WriteLine($"{served.Count} connections served, then: {backOff}; the sample has {sample.OpenFdCount()} fds open (limit {fdLimit}).");
 
             // While exhausted: CPU over a 2 s window (a loop that kept retrying accept4 would burn a core).
             var cpuBefore = sample.CpuTime();
@@ -66,6 +72,10 @@ public sealed class FloodTests(ITestOutputHelper output)
             double share = (sample.CpuTime() - cpuBefore) / window.Elapsed;
             output.WriteLine($"CPU while out of fds: {share:P1} of a core.");
             Assert.True(share < 0.30, $"The server used {share:P1} of a core while out of fds: it spins instead of backing off.\n{sample.Tail()}");
+
+            // Running out of fds is an ordinary condition: a warning, never a failure of the transport itself.
+            var failures = sample.Lines.Where(l => l.StartsWith("fail: Transport.Epoll", StringComparison.Ordinal) || l.StartsWith("crit:", StringComparison.Ordinal)).ToList();
+            Assert.True(failures.Count == 0, "The transport failed while out of fds:\n" + string.Join('\n', failures.Take(4)));
 
             // The connections it had still work.
             await Task.WhenAll(served.Select(async (socket, i) =>
@@ -228,7 +238,7 @@ public sealed class FloodTests(ITestOutputHelper output)
     [Fact]
     public async Task Under_churn_with_late_writes_to_closed_connections_every_byte_reaches_only_its_own_connection()
     {
-        const int Connections = 2000;
+        const int Connections = 6000;
         const int Workers = 64;
         var serverErrors = new ConcurrentQueue<string>();
         long lateWrites = 0;

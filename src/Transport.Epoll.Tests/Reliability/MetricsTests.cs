@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Collections.Concurrent;
 using System.Diagnostics.Metrics;
 using System.Net.Sockets;
@@ -86,7 +87,7 @@ public sealed class MetricsTests(ITestOutputHelper output)
         for (int i = 0; i < ServerClosing; i++)
         {
             using var socket = await Client.ConnectAsync(server.EndPoint);
-            await socket.SendAllAsync([.. message, .. "bye"u8]);
+            await socket.SendAllAsync(message.Concat("bye"u8.ToArray()).ToArray());
             Assert.Equal(message.Length + 3, (await socket.ReceiveToEndAsync()).Length);
         }
 

@@ -30,6 +30,19 @@ internal static unsafe partial class Native
     [LibraryImport("libc", SetLastError = true)]
     private static partial int setrlimit(int resource, RLimit* limit);
 
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial int prlimit(int pid, int resource, RLimit* newLimit, RLimit* oldLimit);
+
+    /// <summary>Sets another process's RLIMIT_NOFILE, soft and hard (prlimit(2); lowering needs no privilege for a child).</summary>
+    public static void SetFdLimit(int pid, ulong limit)
+    {
+        var value = new RLimit { Current = limit, Maximum = limit };
+        if (prlimit(pid, RLIMIT_NOFILE, &value, null) != 0)
+        {
+            throw new InvalidOperationException($"prlimit({pid}, RLIMIT_NOFILE, {limit}) failed: errno {Marshal.GetLastPInvokeError()}.");
+        }
+    }
+
     /// <summary>signal(2): sets the disposition of <paramref name="signal"/>; returns the previous one.</summary>
     [LibraryImport("libc", EntryPoint = "signal", SetLastError = true)]
     public static partial nint SetSignalHandler(int signal, nint handler);

@@ -53,33 +53,20 @@ public sealed partial class SampleProcess : IAsyncDisposable
 
     /// <summary>
     /// Starts the sample on the epoll transport. <paramref name="faults"/> goes to <c>TRANSPORT_EPOLL_FAULTS</c> (none
-    /// when null); <paramref name="fdLimit"/> runs it under <c>prlimit --nofile=N:N</c>. Returns once the sample printed
-    /// its start line with the bound ports.
+    /// when null). Returns once the sample printed its start line with the bound ports.
     /// </summary>
-    public static async Task<SampleProcess> StartAsync(string? faults = null, int? fdLimit = null, ITestOutputHelper? output = null)
+    public static async Task<SampleProcess> StartAsync(string? faults = null, ITestOutputHelper? output = null)
     {
         string dll = FindSampleDll();
         var psi = new ProcessStartInfo
         {
+            FileName = DotnetHost(),
             RedirectStandardOutput = true,
             RedirectStandardError = true,
             RedirectStandardInput = false,
             UseShellExecute = false,
             WorkingDirectory = Path.GetDirectoryName(dll)!,
         };
-
-        if (fdLimit is { } limit)
-        {
-            // prlimit sets the limit on itself and execs the command: the pid is the sample's. Soft and hard alike, so
-            // the runtime (which raises its soft limit to the hard one at start-up) cannot lift it.
-            psi.FileName = "prlimit";
-            psi.ArgumentList.Add(string.Create(CultureInfo.InvariantCulture, $"--nofile={limit}:{limit}"));
-            psi.ArgumentList.Add(DotnetHost());
-        }
-        else
-        {
-            psi.FileName = DotnetHost();
-        }
 
         psi.ArgumentList.Add(dll);
         foreach (string arg in (string[])["--urls", "http://127.0.0.1:0", "--EchoPort", "0", "--Transport", "epoll"])
@@ -166,6 +153,18 @@ public sealed partial class SampleProcess : IAsyncDisposable
         string[] fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
         long ticks = long.Parse(fields[11], CultureInfo.InvariantCulture) + long.Parse(fields[12], CultureInfo.InvariantCulture);
         return TimeSpan.FromSeconds((double)ticks / Native.ClockTicksPerSecond);
+    }
+
+    /// <summary>
+    /// Lowers the process's fd limit (soft and hard, so the runtime cannot raise it again) to what it has open now plus
+    /// <paramref name="headroom"/>; returns the limit. Measured rather than fixed: the runtime alone holds a couple of
+    /// hundred fds (two per loaded assembly), and that number moves with the runtime's version.
+    /// </summary>
+    public int LimitFds(int headroom)
+    {
+        int limit = OpenFdCount() + headroom;
+        Native.SetFdLimit(Pid, (ulong)limit);
+        return limit;
     }
 
     /// <summary>Open fds of the process now.</summary>

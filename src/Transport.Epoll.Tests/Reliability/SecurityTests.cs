@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Collections.Concurrent;
 using System.Diagnostics;
 using System.Globalization;
@@ -133,6 +134,18 @@ public sealed class SecurityTests(ITestOutputHelper output)
             catch (Exception e)
             {
                 ends[index] = $"{e.GetType().Name} after {writes} writes";
+            }
+            finally
+            {
+                // Stays until ConnectionClosed fired (see ConnectionClosedTests for what a returned handler risks).
+                try
+                {
+                    await closed.Task.WaitAsync(Timeouts.Default);
+                }
+                catch (TimeoutException)
+                {
+                    // The test's own wait reports it.
+                }
             }
         }, o => o.AllowHalfOpen = true, output);
 

@@ -32,7 +32,7 @@ public static class EpollTransportServiceCollectionExtensions
 
         // Not TryAdd: Kestrel asks the last registered factory first, so this must come after the Sockets factory
         // that UseKestrel() registers, whichever of the two calls came first. Calling this twice registers one factory.
-        if (!services.Any(static d => d.ServiceType == typeof(IConnectionListenerFactory) && d.ImplementationType == typeof(EpollTransportFactory)))
+        if (!services.Any(static d => d.ServiceType == typeof(EpollTransportFactory)))
         {
             services.AddSingleton<EpollTransportFactory>();
             services.AddSingleton<IConnectionListenerFactory>(static sp => sp.GetRequiredService<EpollTransportFactory>());

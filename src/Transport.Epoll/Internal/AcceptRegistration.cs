@@ -14,6 +14,7 @@ internal sealed unsafe class AcceptRegistration : IEpollHandler
     private const int AcceptsPerEvent = 64;
 
     private const int MinBackOffMs = 10;
+    private const int PausedRecheckMs = 50;
     private const int MaxBackOffMs = 1000;
 
     private readonly EpollConnectionListener _listener;
@@ -23,7 +24,6 @@ internal sealed unsafe class AcceptRegistration : IEpollHandler
     private bool _registered;
     private bool _removed;
     private int _backOffMs;
-    private Timer? _backOffTimer;
 
     public AcceptRegistration(EpollConnectionListener listener, ListenSocket socket, EpollLoop loop, bool exclusive)
     {
@@ -62,7 +62,21 @@ internal sealed unsafe class AcceptRegistration : IEpollHandler
                 // (and then refuses). The listener resumes us when its queue drains.
                 Disarm();
                 _listener.OnRegistrationPaused(this);
+
+                // The listener may have drained its queue between our check and the pause being recorded, and then
+                // seen no paused registration to resume. Both sides write, fence, then read the other's counter,
+                // so at least one of them sees the other: look again and resume ourselves if so.
+                if (!_listener.IsQueueFull)
+                {
+                    Arm();
+                    continue;
+                }
+
                 EpollLog.AcceptPaused(_listener.Logger, _endPointName, _listener.PendingCount);
+
+                // Belt and braces: while paused, look again every PausedRecheckMs, so no ordering of the listener's
+                // resume and this pause can leave the registration disarmed for good.
+                Loop.RunAfter(PausedRecheckMs, static state => ((AcceptRegistration)state!).ResumeIfRoom(), this);
                 return;
             }
 
@@ -109,6 +123,22 @@ internal sealed unsafe class AcceptRegistration : IEpollHandler
         }
     }
 
+    private void ResumeIfRoom()
+    {
+        if (_removed || _registered)
+        {
+            return;
+        }
+
+        if (_listener.IsQueueFull)
+        {
+            Loop.RunAfter(PausedRecheckMs, static state => ((AcceptRegistration)state!).ResumeIfRoom(), this);
+            return;
+        }
+
+        Arm();
+    }
+
     /// <summary>Leaves the epoll set for good (unbind), on the loop's thread; the last loop out closes the fd.</summary>
     public void Remove()
     {
@@ -118,7 +148,6 @@ internal sealed unsafe class AcceptRegistration : IEpollHandler
         }
 
         _removed = true;
-        _backOffTimer?.Dispose();
         Disarm();
         Loop.Table.Remove(Id);
         _socket.ReleaseRegistration();
@@ -154,11 +183,8 @@ internal sealed unsafe class AcceptRegistration : IEpollHandler
         _backOffMs = Math.Clamp(_backOffMs * 2, MinBackOffMs, MaxBackOffMs);
         _listener.Context.Metrics.AcceptBackOff();
         EpollLog.AcceptBackOff(_listener.Logger, _endPointName, error.ToString(), _backOffMs);
-        _backOffTimer ??= new Timer(static state =>
-        {
-            var registration = (AcceptRegistration)state!;
-            registration.Loop.Schedule(static s => ((AcceptRegistration)s!).Resume(), registration);
-        }, this, Timeout.Infinite, Timeout.Infinite);
-        _backOffTimer.Change(_backOffMs, Timeout.Infinite);
+        // A loop timer, not a System.Threading.Timer: starting the runtime's timer thread needs fds, which is
+        // exactly what just ran out.
+        Loop.RunAfter(_backOffMs, static state => ((AcceptRegistration)state!).Resume(), this);
     }
 }

@@ -28,7 +28,7 @@ internal sealed partial class EpollConnection
     private Exception? _closeError;
     private int _connectionClosedFired;
     private bool _applicationDisposed;
-    private Timer? _drainTimer;
+    private readonly TaskCompletionSource _connectionClosedCallbacksDone = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
     public override CancellationToken ConnectionClosed
     {
@@ -62,6 +62,10 @@ internal sealed partial class EpollConnection
         // timeout (see DisposeOnLoop), so this wait is bounded without a timer per connection. A loop that stopped
         // closed its connections as it stopped.
         await _fdClosed.Task.ConfigureAwait(false);
+
+        // Closing the fd queued the ConnectionClosed cancellation on the thread pool: let its callbacks run before
+        // the token source goes away, or they would be lost (Cancel on a disposed source throws and runs nothing).
+        await _connectionClosedCallbacksDone.Task.ConfigureAwait(false);
 
         _connectionClosedTokenSource.Dispose();
         await base.DisposeAsync().ConfigureAwait(false);
@@ -99,19 +103,15 @@ internal sealed partial class EpollConnection
         {
             // Output still buffered for a slow or absent reader: give it a bounded time (rare, so a timer here
             // costs nothing on the common path).
-            _drainTimer = new Timer(static state =>
+            Loop.RunAfter((long)s_disposeDrainTimeout.TotalMilliseconds, static state =>
             {
-                var connection = (EpollConnection)state!;
-                connection.Loop.Schedule(static s =>
+                var c = (EpollConnection)state!;
+                if (c._fd >= 0)
                 {
-                    var c = (EpollConnection)s!;
-                    if (c._fd >= 0)
-                    {
-                        EpollLog.DisposeDrainTimedOut(c._logger, c.ConnectionId, (int)s_disposeDrainTimeout.TotalSeconds);
-                        c.AbortOnLoop(new ConnectionAbortedException("The connection was disposed with output the peer did not take."), EpollCloseReason.Aborted);
-                    }
-                }, connection);
-            }, this, s_disposeDrainTimeout, Timeout.InfiniteTimeSpan);
+                    EpollLog.DisposeDrainTimedOut(c._logger, c.ConnectionId, (int)s_disposeDrainTimeout.TotalSeconds);
+                    c.AbortOnLoop(new ConnectionAbortedException("The connection was disposed with output the peer did not take."), EpollCloseReason.Aborted);
+                }
+            }, this);
         }
     }
 
@@ -247,7 +247,6 @@ internal sealed partial class EpollConnection
         _context.Metrics.ConnectionClosed(_closeReason);
         EpollLog.ConnectionClosed(_logger, ConnectionId, _closeReason);
         FireConnectionClosed();
-        _drainTimer?.Dispose();
         _fdClosed.TrySetResult();
     }
 
@@ -265,9 +264,15 @@ internal sealed partial class EpollConnection
             {
                 state._connectionClosedTokenSource.Cancel();
             }
-            catch (ObjectDisposedException)
+            catch (AggregateException ex)
             {
-                // Disposed by DisposeAsync before the callback ran: nobody is listening any more.
+                // A user callback threw: report it, never let it take down the thread pool thread (the process).
+                EpollLog.ConnectionClosedCallbackFailed(state._logger, state.ConnectionId, ex);
+            }
+            finally
+            {
+                // A callback that throws must not keep DisposeAsync waiting (Cancel rethrows callbacks' exceptions).
+                state._connectionClosedCallbacksDone.TrySetResult();
             }
         }, this, preferLocal: false);
     }

@@ -62,6 +62,9 @@ internal static partial class EpollLog
     [LoggerMessage(206, LogLevel.Warning, "Connection {ConnectionId} aborted with {Bytes} bytes of output not sent: {Reason}")]
     public static partial void AbortedWithUnsentOutput(ILogger logger, string connectionId, long bytes, string reason);
 
+    [LoggerMessage(207, LogLevel.Error, "Connection {ConnectionId}: a ConnectionClosed callback threw.")]
+    public static partial void ConnectionClosedCallbackFailed(ILogger logger, string connectionId, Exception exception);
+
     [LoggerMessage(205, LogLevel.Error, "Connection {ConnectionId}: the application's output failed; the connection is aborted.")]
     public static partial void OutputFailed(ILogger logger, string connectionId, Exception exception);
 }

@@ -205,7 +205,7 @@ internal sealed unsafe partial class EpollLoop : PipeScheduler, IDisposable
         {
             while (!_stopRequested)
             {
-                int timeout = IdleWaitTimeout();
+                int timeout = NextWaitTimeout();
                 if (!_work.IsEmpty || _readAgain.Count != 0)
                 {
                     timeout = 0;
@@ -252,6 +252,7 @@ internal sealed unsafe partial class EpollLoop : PipeScheduler, IDisposable
 
                 RunScheduledWork();
                 RunReadAgain();
+                RunDueTimers();
                 CloseIdleConnections();
             }
         }

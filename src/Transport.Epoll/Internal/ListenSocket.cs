@@ -118,6 +118,8 @@ internal sealed class ListenSocket
     /// Checks that nobody holds <paramref name="endPoint"/> before SO_REUSEPORT sockets are bound to it: a plain
     /// bind fails with EADDRINUSE if any socket (ours or another process's) has the port, where SO_REUSEPORT would
     /// silently share it. Also resolves port 0 to a real port that all the loops' sockets then share.
+    /// The probe is closed just before the first SO_REUSEPORT bind (a socket without SO_REUSEPORT on the port would
+    /// make those binds fail): a process that grabs the port in those microseconds is not detected.
     /// </summary>
     public static unsafe IPEndPoint ReserveForReusePort(IPEndPoint endPoint)
     {
