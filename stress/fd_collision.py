@@ -211,7 +211,7 @@ def phase(name: str, env: dict, seconds: float, workers: int, max_conns: int, st
         settled = sl.wait_for(lambda: (lambda f: f if f["active"] == base["active"] and f["table"] == base["table"]
                                        and f["io_fds"] == base["io_fds"] else None)(
             sl.figures(server.pid, server.url)), 30, 0.5)
-        f = sl.figures(server.pid, server.url)
+        f = settled or sl.figures(server.pid, server.url)
         lines.append(f"{name}: {'PASS' if settled else 'FAIL'} back to baseline: active {f['active']} (was {base['active']}), "
                      f"table {f['table']} (was {base['table']}), socket/pipe/epoll fds {f['io_fds']} (was {base['io_fds']}), "
                      f"all fds {f['fds']} (was {base['fds']})")

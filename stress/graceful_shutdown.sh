@@ -14,7 +14,8 @@
 # Scenario B, "a request that did not complete is reported" (shutdown timeout 3 s): 50 requests GET /slow?ms=20000
 # in flight at SIGTERM. Checks: the process exits within 3 s + 2 s; every client sees its connection end (reset or
 # EOF, not a hang); the log reports them: Kestrel's "Some connections failed to close gracefully" (Debug level,
-# turned on for this run) and the sample's "did not complete" warning, one per request.
+# category Microsoft.AspNetCore.Server.Kestrel.Connections, turned on for these runs) and the sample's
+# "did not complete" warning, one per request.
 # Exit code 1 if any check fails. Needs wrk (apt-get install -y wrk).
 set -euo pipefail
 
@@ -42,14 +43,14 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-ulimit -n 65536
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 start_server() { # $1: log file, $2: shutdown timeout (s), then extra args
   local log="$1" timeout="$2"; shift 2
   dotnet "$DLL" --urls http://127.0.0.1:0 --EchoPort 0 --Transport "$TRANSPORT" \
     --shutdownTimeoutSeconds "$timeout" \
     --Logging:LogLevel:Microsoft.AspNetCore.Server.Kestrel=Debug \
-    --Logging:LogLevel:Microsoft.AspNetCore.Server.Kestrel.Connections=Warning \
+    --Logging:LogLevel:Microsoft.AspNetCore.Server.Kestrel.Connections=Debug \
     --Logging:LogLevel:Microsoft.AspNetCore.Server.Kestrel.BadRequests=Warning \
     --Logging:LogLevel:Microsoft.AspNetCore.Server.Kestrel.Http2=Warning \
     "$@" >"$log" 2>&1 &
@@ -155,7 +156,7 @@ scenario() { # $1 name, $2 shutdown timeout, $3 slow requests, $4 slow ms, $5 ec
   echo "scenario $name: $n_slow x GET /slow?ms=$slow_ms in flight, $n_echo echo connections, wrk $wrk_conns connections"
   start_server "$log" "$timeout"
   if [ "$wrk_conns" -gt 0 ]; then
-    wrk -t1 -c"$wrk_conns" -d30s --timeout 5s "http://127.0.0.1:$HTTP_PORT/plaintext" >"$WORK/$name-wrk.txt" 2>&1 & PIDS+=($!)
+    wrk -t1 -c"$wrk_conns" -d6s --timeout 5s "http://127.0.0.1:$HTTP_PORT/plaintext" >"$WORK/$name-wrk.txt" 2>&1 & PIDS+=($!)
   fi
   python3 "$CLIENT" "$HTTP_PORT" "$ECHO_PORT" "$n_slow" "$slow_ms" "$n_echo" "$WORK" >"$WORK/$name-client.json" & local client=$!
   PIDS+=($client)
@@ -180,7 +181,7 @@ scenario() { # $1 name, $2 shutdown timeout, $3 slow requests, $4 slow ms, $5 ec
   local exit_s
   exit_s=$(python3 -c "print(f'{$t1 - $t0:.2f}')")
   wait "$client" || true
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
   PIDS=()
   echo "  exit code $code, $exit_s s after SIGTERM"
   echo "  client: $(cat "$WORK/$name-client.json")"
@@ -207,7 +208,7 @@ KESTREL="$(grep -c "Some connections failed to close gracefully" "$LOG" || true)
 SLOW="$(grep -c "did not complete" "$LOG" || true)"
 check "$([ "$KESTREL" -ge 1 ]; echo $?)" "Kestrel reported it: 'Some connections failed to close gracefully' ($KESTREL)"
 check "$([ "$SLOW" = 50 ]; echo $?)" "the sample reported each unfinished request: $SLOW 'did not complete' warnings of 50"
-grep -E "failed to close|did not complete|Transport.Epoll" "$LOG" | sort | uniq -c | sed -E 's/(GET \/slow\?ms=20000 did not complete: aborted after )[0-9]+/\1N/' | sort | uniq -c | head -5 | sed 's/^/  log: /' || true
+echo "  log: $KESTREL x 'Some connections failed to close gracefully during server shutdown.', $SLOW x 'GET /slow?ms=20000 did not complete: aborted after ...'"
 
 echo
 if [ ${#FAILED[@]} -eq 0 ]; then echo "graceful_shutdown: PASS"; else echo "graceful_shutdown: FAIL (${#FAILED[@]}): ${FAILED[*]}"; exit 1; fi

@@ -52,7 +52,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-ulimit -n 65536
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 dotnet "$DLL" --urls http://127.0.0.1:0 --EchoPort 0 --Transport "$TRANSPORT" >"$LOG" 2>&1 &
 SERVER_PID=$!
 for _ in $(seq 300); do

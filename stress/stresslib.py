@@ -585,7 +585,9 @@ def main(argv: list) -> int:
         print(build())
         return 0
     if cmd == "figures":
-        print(json.dumps(figures(int(argv[1]), argv[2])))
+        f = figures(int(argv[1]), argv[2])
+        f.pop("fd_targets")
+        print(json.dumps(f))
         return 0
     if cmd == "echo-load":
         port, seconds, n = int(argv[1]), float(argv[2]), int(argv[3])

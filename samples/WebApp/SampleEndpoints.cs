@@ -3,6 +3,7 @@ using System.Globalization;
 using System.Text;
 using System.Text.Json;
 using System.Text.Json.Serialization;
+using Microsoft.AspNetCore.Connections;
 using Microsoft.AspNetCore.Http.Features;
 using Transport.Epoll;
 
@@ -70,6 +71,11 @@ internal static class SampleEndpoints
         catch (OperationCanceledException) when (context.RequestAborted.IsCancellationRequested)
         {
             // The client went away; Kestrel already knows.
+        }
+        catch (ConnectionResetException)
+        {
+            // The client reset the connection while its body was still arriving: it went away too, and there is
+            // nobody to answer. (Left unhandled, Kestrel logs it as an application error, event 13, on either transport.)
         }
     }
 
