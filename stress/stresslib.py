@@ -4,7 +4,8 @@
 
 Also a command line for the bash scripts:
   python3 stress/stresslib.py build                      # prints the path of WebApp.dll (builds if sources changed)
-  python3 stress/stresslib.py figures PID URL            # one JSON line: rss, fds, threads, table, active, ...
+  python3 stress/stresslib.py figures PID URL [FILE]     # one JSON line: rss, fds, threads, table, active, ...
+                                                         # (FILE: the same with what every fd points at)
   python3 stress/stresslib.py echo-load PORT SECONDS N   # N raw echo clients in a loop, prints a summary line
   python3 stress/stresslib.py upload-load URL SECONDS N  # N clients POST /echo (64 KiB..1 MiB) in a loop, SHA-256 checked
   python3 stress/stresslib.py reset-load PORT SECONDS    # connections that send half a request and RST, in a loop
@@ -586,6 +587,8 @@ def main(argv: list) -> int:
         return 0
     if cmd == "figures":
         f = figures(int(argv[1]), argv[2])
+        if len(argv) > 3:  # the full figures, with what every fd points at, into a file
+            Path(argv[3]).write_text(json.dumps(f))
         f.pop("fd_targets")
         print(json.dumps(f))
         return 0

@@ -38,8 +38,10 @@ public sealed class EpollTransportOptions
     public int Backlog { get; set; } = 512;
 
     /// <summary>How accepted connections are spread over the event loops.</summary>
-    /// <remarks>Defaults to <see cref="EpollAcceptDistribution.ReusePort"/>. See the enum's values for the trade-offs.</remarks>
-    public EpollAcceptDistribution AcceptDistribution { get; set; } = EpollAcceptDistribution.ReusePort;
+    /// <remarks>Defaults to <see cref="EpollAcceptDistribution.Exclusive"/>, chosen by measurement (README, "Benchmarks":
+    /// as fast or slightly faster here) and because its port is never silently shared with another process.
+    /// See the enum's values for the trade-offs.</remarks>
+    public EpollAcceptDistribution AcceptDistribution { get; set; } = EpollAcceptDistribution.Exclusive;
 
     /// <summary>
     /// The most accepted connections that wait for the server to take them. When the application is not taking
