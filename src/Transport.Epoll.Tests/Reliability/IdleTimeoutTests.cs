@@ -118,6 +118,7 @@ public sealed class IdleTimeoutTests(ITestOutputHelper output)
                     return;
                 }
 
+                // The pace of the server under test (one byte per 100 ms), not a wait for an event.
                 await Task.WhenAny(stopWriting.Task, Task.Delay(100));
             }
 

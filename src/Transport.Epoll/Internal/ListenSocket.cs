@@ -49,7 +49,48 @@ internal sealed class ListenSocket
     }
 
     /// <summary>socket, options, bind and listen for an IP or Unix endpoint.</summary>
-    public static unsafe ListenSocket Bind(EndPoint endPoint, int backlog, bool reusePort)
+    public static ListenSocket Bind(EndPoint endPoint, int backlog, bool reusePort)
+    {
+        int fd = CreateBound(endPoint, reusePort);
+        try
+        {
+            if (Libc.listen(fd, backlog) != 0)
+            {
+                throw new IOException($"listen({endPoint}) failed: {Errno.Describe(Errno.Last)}");
+            }
+
+            EndPoint bound = endPoint is IPEndPoint ? SockAddr.LocalOf(fd) ?? endPoint : endPoint;
+            return new ListenSocket(fd, ownsFd: true, bound);
+        }
+        catch
+        {
+            _ = Libc.close(fd);
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Checks that nobody holds <paramref name="endPoint"/> before SO_REUSEPORT sockets are bound to it: a plain
+    /// bind fails with EADDRINUSE if any socket (ours or another process's) has the port, where SO_REUSEPORT would
+    /// silently share it. Also resolves port 0 to a real port that all the loops' sockets then share.
+    /// The probe is closed just before the first SO_REUSEPORT bind (a socket without SO_REUSEPORT on the port would
+    /// make those binds fail): a process that grabs the port in those microseconds is not detected.
+    /// </summary>
+    public static IPEndPoint ReserveForReusePort(IPEndPoint endPoint)
+    {
+        int fd = CreateBound(endPoint, reusePort: false);
+        try
+        {
+            return (IPEndPoint)(SockAddr.LocalOf(fd) ?? endPoint);
+        }
+        finally
+        {
+            _ = Libc.close(fd);
+        }
+    }
+
+    /// <summary>A non-blocking, close-on-exec socket with the listener's options, bound to <paramref name="endPoint"/>.</summary>
+    private static unsafe int CreateBound(EndPoint endPoint, bool reusePort)
     {
         int domain = endPoint switch
         {
@@ -90,73 +131,18 @@ internal sealed class ListenSocket
                 if (Libc.bind(fd, p, length) != 0)
                 {
                     Error error = Errno.Last;
-                    if (error == Error.EADDRINUSE)
-                    {
-                        throw new AddressInUseException($"{endPoint} is already in use ({Errno.Describe(error)}).");
-                    }
-
-                    throw new IOException($"bind({endPoint}) failed: {Errno.Describe(error)}");
-                }
-            }
-
-            if (Libc.listen(fd, backlog) != 0)
-            {
-                throw new IOException($"listen({endPoint}) failed: {Errno.Describe(Errno.Last)}");
-            }
-
-            EndPoint bound = endPoint is IPEndPoint ? SockAddr.LocalOf(fd) ?? endPoint : endPoint;
-            return new ListenSocket(fd, ownsFd: true, bound);
-        }
-        catch
-        {
-            _ = Libc.close(fd);
-            throw;
-        }
-    }
-
-    /// <summary>
-    /// Checks that nobody holds <paramref name="endPoint"/> before SO_REUSEPORT sockets are bound to it: a plain
-    /// bind fails with EADDRINUSE if any socket (ours or another process's) has the port, where SO_REUSEPORT would
-    /// silently share it. Also resolves port 0 to a real port that all the loops' sockets then share.
-    /// The probe is closed just before the first SO_REUSEPORT bind (a socket without SO_REUSEPORT on the port would
-    /// make those binds fail): a process that grabs the port in those microseconds is not detected.
-    /// </summary>
-    public static unsafe IPEndPoint ReserveForReusePort(IPEndPoint endPoint)
-    {
-        int domain = endPoint.AddressFamily == AddressFamily.InterNetworkV6 ? Libc.AF_INET6 : Libc.AF_INET;
-        int fd = Libc.socket(domain, Libc.SOCK_STREAM | Libc.SOCK_NONBLOCK | Libc.SOCK_CLOEXEC, 0);
-        if (fd < 0)
-        {
-            throw new IOException($"socket() for {endPoint} failed: {Errno.Describe(Errno.Last)}");
-        }
-
-        try
-        {
-            ThrowIfFailed(Libc.SetIntOption(fd, Libc.SOL_SOCKET, Libc.SO_REUSEADDR, 1), "SO_REUSEADDR", endPoint);
-            if (domain == Libc.AF_INET6)
-            {
-                int v6Only = endPoint.Address.Equals(IPAddress.IPv6Any) ? 0 : 1;
-                ThrowIfFailed(Libc.SetIntOption(fd, Libc.IPPROTO_IPV6, Libc.IPV6_V6ONLY, v6Only), "IPV6_V6ONLY", endPoint);
-            }
-
-            Span<byte> address = stackalloc byte[Libc.SockAddrStorageSize];
-            int length = SockAddr.Write(endPoint, address);
-            fixed (byte* p = address)
-            {
-                if (Libc.bind(fd, p, length) != 0)
-                {
-                    Error error = Errno.Last;
                     throw error == Error.EADDRINUSE
                         ? new AddressInUseException($"{endPoint} is already in use ({Errno.Describe(error)}).")
                         : new IOException($"bind({endPoint}) failed: {Errno.Describe(error)}");
                 }
             }
 
-            return (IPEndPoint)(SockAddr.LocalOf(fd) ?? endPoint);
+            return fd;
         }
-        finally
+        catch
         {
             _ = Libc.close(fd);
+            throw;
         }
     }
 

@@ -18,11 +18,8 @@ internal static class SockAddr
         return address.Size;
     }
 
-    public static int Family(ReadOnlySpan<byte> sockaddr) => BinaryPrimitives.ReadUInt16LittleEndian(sockaddr) switch
-    {
-        // sa_family_t is in host byte order; every Linux architecture .NET runs on is little-endian.
-        var family => family,
-    };
+    /// <summary>sa_family_t, in host byte order: little-endian on every Linux architecture .NET runs on.</summary>
+    public static int Family(ReadOnlySpan<byte> sockaddr) => BinaryPrimitives.ReadUInt16LittleEndian(sockaddr);
 
     /// <summary>Reads a sockaddr filled by the kernel; <see langword="null"/> for an unnamed Unix socket peer.</summary>
     public static EndPoint? Read(ReadOnlySpan<byte> sockaddr)
@@ -52,8 +49,7 @@ internal static class SockAddr
             return new UnixDomainSocketEndPoint("x").Create(address);
         }
 
-        var ip = (IPEndPoint)new IPEndPoint(IPAddress.Any, 0).Create(address);
-        return ip;
+        return new IPEndPoint(IPAddress.Any, 0).Create(address);
     }
 
     /// <summary>getsockname(2) as an endpoint, or <see langword="null"/> when the call fails.</summary>
