@@ -60,6 +60,14 @@ public sealed class EpollTransportOptions
     public bool UnsafePreferInlineScheduling { get; set; }
 
     /// <summary>
+    /// Sends files given to <see cref="IConnectionSendFileFeature.SendFileAsync"/> (and HTTP responses, with
+    /// <c>UseEpollSendFile()</c>) with <c>sendfile(2)</c>, from the page cache to the socket without a copy through
+    /// user space. When <see langword="false"/> the same calls read the file into the pipe in chunks.
+    /// </summary>
+    /// <remarks>Defaults to <see langword="true"/>.</remarks>
+    public bool EnableSendFile { get; set; } = true;
+
+    /// <summary>
     /// When <see langword="false"/>, a peer's FIN (it shut down its sending side) completes <c>Input</c> and also
     /// fires <c>ConnectionClosed</c>, as the Sockets transport does: HTTP relies on it to abort requests of clients
     /// that went away. When <see langword="true"/>, a FIN only completes <c>Input</c> and the connection stays open

@@ -244,6 +244,8 @@ internal sealed partial class EpollConnection
             CompleteOutput(null);
         }
 
+        AbandonFileJob();
+
         _context.Metrics.ConnectionClosed(_closeReason);
         EpollLog.ConnectionClosed(_logger, ConnectionId, _closeReason);
         FireConnectionClosed();

@@ -19,7 +19,8 @@ internal sealed partial class EpollConnection :
     IMemoryPoolFeature,
     IConnectionLifetimeFeature,
     IConnectionEndPointFeature,
-    IEpollConnectionFeature
+    IEpollConnectionFeature,
+    IConnectionSendFileFeature
 {
     private List<KeyValuePair<Type, object>>? _extraFeatures;
     private int _featureRevision;
@@ -112,6 +113,7 @@ internal sealed partial class EpollConnection :
         typeof(IConnectionLifetimeFeature),
         typeof(IConnectionEndPointFeature),
         typeof(IEpollConnectionFeature),
+        typeof(IConnectionSendFileFeature),
     ];
 
     private static bool IsOwnFeature(Type type) => Array.IndexOf(s_ownFeatures, type) >= 0;

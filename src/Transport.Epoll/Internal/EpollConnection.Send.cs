@@ -13,6 +13,12 @@ internal sealed partial class EpollConnection
     private bool _waitingForWritable;
     private bool _sendCompleted;
 
+    /// <summary>Output-stream position of the first byte the pipe still holds (bytes consumed so far).</summary>
+    private long _outputReleased;
+
+    /// <summary>Output-stream position of the next byte to send: past <see cref="_outputReleased"/> only within SendOutput.</summary>
+    private long _outputSent;
+
     /// <summary>Takes what the application has flushed and writes it; parks on EPOLLOUT when the kernel is full.</summary>
     private void ReadOutput()
     {
@@ -45,7 +51,12 @@ internal sealed partial class EpollConnection
         }
     }
 
-    /// <summary>Writes one read result. False when the send side stops (done, failed, or waiting for EPOLLOUT).</summary>
+    /// <summary>
+    /// Writes one read result. False when the send side stops (done, failed, or waiting for EPOLLOUT). The pipe is read
+    /// as a stream: <see cref="_outputReleased"/> is the stream position of the buffer's first byte and
+    /// <see cref="_outputSent"/> of the next byte to send; a file range handed over with SendFileAsync sits at a
+    /// stream position of its own (see EpollConnection.SendFile.cs).
+    /// </summary>
     private bool SendOutput()
     {
         ReadResult result;
@@ -72,37 +83,97 @@ internal sealed partial class EpollConnection
             return false;
         }
 
-        if (result.IsCanceled)
+        // A cancelled read (a SendFileAsync arriving, a file range finishing) carries the buffer like any other.
+        ReadOnlySequence<byte> buffer = result.Buffer;
+        long bufferEnd = _outputReleased + buffer.Length;
+        SendFileJob? job = _fileJob;
+        if (job is { StreamPosition: < 0 })
         {
-            reader.AdvanceTo(result.Buffer.Start);
-            return !_sendCompleted;
+            // Everything flushed before the job is in this buffer, and nothing after it: its caller waits for the job.
+            job.StreamPosition = bufferEnd;
         }
 
-        ReadOnlySequence<byte> buffer = result.Buffer;
-        if (!buffer.IsEmpty)
+        Error error = Error.Success;
+        bool partial = false;
+        FileStep fileStep = FileStep.Waiting;
+        while (true)
         {
-            long written = WriteBuffer(buffer, out Error error);
-            if (error != Error.Success)
+            if (job is not null && _outputSent >= job.StreamPosition)
             {
-                reader.AdvanceTo(buffer.End);
-                OnSocketError(error);
-                return false;
+                fileStep = ReachFileJob(job, bufferEnd);
+                if (fileStep == FileStep.Done && _outputSent == job.PlaceholderEnd)
+                {
+                    FinishFileJob(job, SendFileOutcome.Sent);
+                    job = null;
+                    continue;
+                }
+
+                if (fileStep == FileStep.NotSupported)
+                {
+                    FinishFileJob(job, SendFileOutcome.NotSupported);
+                    job = null;
+                    continue;
+                }
+
+                // The file, or more of its placeholders, is still to come: what follows the job waits.
+                break;
             }
 
-            if (written < buffer.Length)
+            long limit = job is null ? bufferEnd : job.StreamPosition;
+            if (_outputSent >= limit)
+            {
+                break;
+            }
+
+            ReadOnlySequence<byte> pending = buffer.Slice(_outputSent - _outputReleased, limit - _outputSent);
+            long written = WriteBuffer(pending, out error);
+            _outputSent += written;
+            if (error != Error.Success)
+            {
+                break;
+            }
+
+            if (written < pending.Length)
             {
                 // The kernel took part of it; the rest waits for EPOLLOUT (registered once, edge-triggered).
                 Loop.Counters.PartialWrites++;
                 RearmIfFaultInjected();
-                reader.AdvanceTo(buffer.GetPosition(written));
-                _waitingForWritable = true;
-                return false;
+                partial = true;
+                break;
             }
         }
 
-        reader.AdvanceTo(buffer.End);
-        if (result.IsCompleted)
+        long sentInBuffer = _outputSent - _outputReleased;
+        reader.AdvanceTo(buffer.GetPosition(sentInBuffer), partial ? buffer.GetPosition(sentInBuffer) : buffer.End);
+        _outputReleased = _outputSent;
+
+        if (error != Error.Success)
         {
+            OnSocketError(error);
+            return false;
+        }
+
+        if (fileStep == FileStep.Failed)
+        {
+            FailFileJob();
+            return false;
+        }
+
+        if (partial)
+        {
+            _waitingForWritable = true;
+            return false;
+        }
+
+        if (result.IsCompleted && _outputSent == bufferEnd)
+        {
+            if (_fileJob is not null)
+            {
+                // The application completed its output without waiting for its SendFileAsync (or gave up on it).
+                AbortOnLoop(new ConnectionAbortedException("The output was completed while a file was being sent."), EpollCloseReason.Aborted);
+                return false;
+            }
+
             // The application completed its output and every byte is with the kernel: send FIN, keep reading
             // (half-close) until the peer's FIN or the application's end.
             _ = Libc.shutdown(_fd, Libc.SHUT_WR);

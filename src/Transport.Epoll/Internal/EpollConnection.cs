@@ -144,7 +144,27 @@ internal sealed partial class EpollConnection : ConnectionContext, IEpollHandler
             }
         }
 
-        if ((events & Libc.EPOLLOUT) != 0 && _fd >= 0 && _waitingForWritable)
+        if ((events & Libc.EPOLLOUT) != 0 && _fd >= 0)
+        {
+            OnWritable();
+        }
+    }
+
+    private void OnWritable()
+    {
+        if (_fileWorkerBusy)
+        {
+            // A worker thread is in sendfile on this socket: it cannot see this edge, so remember it for its return.
+            _writableWhileWorkerBusy = true;
+        }
+
+        if (_fileWaitingForWritable)
+        {
+            _fileWaitingForWritable = false;
+            ContinueFile();
+        }
+
+        if (_waitingForWritable && _fd >= 0)
         {
             _waitingForWritable = false;
             ReadOutput();

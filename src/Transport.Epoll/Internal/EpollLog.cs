@@ -67,4 +67,16 @@ internal static partial class EpollLog
 
     [LoggerMessage(205, LogLevel.Error, "Connection {ConnectionId}: the application's output failed; the connection is aborted.")]
     public static partial void OutputFailed(ILogger logger, string connectionId, Exception exception);
+
+    [LoggerMessage(300, LogLevel.Debug, "Connection {ConnectionId}: sendfile(2) refused the file ({Error}); it is copied through the pipe instead.")]
+    public static partial void SendFileNotSupported(ILogger logger, string connectionId, string error);
+
+    [LoggerMessage(301, LogLevel.Warning, "Connection {ConnectionId}: a file could not be sent and the connection is aborted: {Reason}")]
+    public static partial void SendFileFailed(ILogger logger, string connectionId, string reason);
+
+    [LoggerMessage(302, LogLevel.Debug, "Connection {ConnectionId}: zero-copy sends turned off ({Reason}).")]
+    public static partial void ZeroCopyOff(ILogger logger, string connectionId, string reason);
+
+    [LoggerMessage(303, LogLevel.Warning, "Connection {ConnectionId}: closed with {Count} zero-copy sends the kernel had not completed after {Milliseconds} ms; their buffers are not reused.")]
+    public static partial void ZeroCopyCompletionsTimedOut(ILogger logger, string connectionId, int count, long milliseconds);
 }

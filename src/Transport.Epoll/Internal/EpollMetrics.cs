@@ -21,6 +21,7 @@ internal sealed class EpollMetrics : IDisposable
     private readonly Counter<long> _acceptBackOffs;
     private readonly Counter<long> _staleEvents;
     private readonly Histogram<int> _eventsPerWakeUp;
+    private readonly Counter<long> _sendFileFallbackBytes;
     private long _activeCount;
 
     public EpollMetrics(IMeterFactory? meterFactory = null)
@@ -33,6 +34,10 @@ internal sealed class EpollMetrics : IDisposable
         _staleEvents = _meter.CreateCounter<long>("epoll.events.stale", "{event}", "Events dropped because their connection id was no longer live.");
         _eventsPerWakeUp = _meter.CreateHistogram<int>("epoll.loop.events_per_wakeup", "{event}", "Events returned by one epoll_wait that returned any.");
 
+        _sendFileFallbackBytes = _meter.CreateCounter<long>("epoll.sendfile.fallback_bytes", "By", "File bytes SendFileAsync copied through the pipe because sendfile(2) could not be used.");
+        _meter.CreateObservableCounter("epoll.sendfile.bytes", () => Sum().SendFileBytes, "By", "File bytes sent with sendfile(2).");
+        _meter.CreateObservableCounter("epoll.sendfile.calls", () => Sum().SendFileCalls, "{call}", "sendfile(2) calls.");
+        _meter.CreateObservableCounter("epoll.sendfile.offloads", () => Sum().SendFileOffloads, "{slice}", "File slices not in the page cache, sent from a thread-pool thread so the loop does not wait for the disk.");
         _meter.CreateObservableGauge("epoll.connections.table", () => (long)ConnectionTable.Shared.Count, "{entry}", "Entries in the process-wide connection table (connections and listening sockets).");
         _meter.CreateObservableCounter("epoll.bytes.received", () => Sum().BytesReceived, "By", "Bytes read from sockets.");
         _meter.CreateObservableCounter("epoll.bytes.sent", () => Sum().BytesSent, "By", "Bytes written to sockets.");
@@ -101,6 +106,8 @@ internal sealed class EpollMetrics : IDisposable
             _closed.Add(1, new KeyValuePair<string, object?>("reason", reason.ToString()));
         }
     }
+
+    public void SendFileFallbackBytes(long bytes) => _sendFileFallbackBytes.Add(bytes);
 
     public void AcceptBackOff() => _acceptBackOffs.Add(1);
 

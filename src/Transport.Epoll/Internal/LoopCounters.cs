@@ -15,6 +15,9 @@ internal sealed class LoopCounters
     public long PartialWrites;
     public long BytesReceived;
     public long BytesSent;
+    public long SendFileCalls;
+    public long SendFileBytes;
+    public long SendFileOffloads;
 
     public void AddTo(LoopCounters total)
     {
@@ -26,5 +29,8 @@ internal sealed class LoopCounters
         total.PartialWrites += Volatile.Read(ref PartialWrites);
         total.BytesReceived += Volatile.Read(ref BytesReceived);
         total.BytesSent += Volatile.Read(ref BytesSent);
+        total.SendFileCalls += Volatile.Read(ref SendFileCalls);
+        total.SendFileBytes += Volatile.Read(ref SendFileBytes);
+        total.SendFileOffloads += Volatile.Read(ref SendFileOffloads);
     }
 }

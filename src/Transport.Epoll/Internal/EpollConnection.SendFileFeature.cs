@@ -1,0 +1,109 @@
+using System.IO.Pipelines;
+using Microsoft.AspNetCore.Connections;
+using Microsoft.Win32.SafeHandles;
+using Transport.Epoll.Interop;
+
+namespace Transport.Epoll.Internal;
+
+/// <summary>
+/// The application's side of <see cref="IConnectionSendFileFeature"/>: decides between sendfile(2) and the copy
+/// fallback, and keeps the order of the output stream (flush what came before, hand the range to the loop, return
+/// when it is with the kernel).
+/// </summary>
+internal sealed partial class EpollConnection
+{
+    /// <summary>Bytes read per chunk by the copy fallback (libsock reads about 16 KiB at a time too).</summary>
+    internal const int CopyChunkSize = 16 * 1024;
+
+    public bool IsSendFileAvailable => _context.Options.EnableSendFile && ReferenceEquals(Transport, _originalTransport) && FileDescriptor >= 0;
+
+    public Task SendFileAsync(SafeFileHandle file, long offset, long count, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(file);
+        ArgumentOutOfRangeException.ThrowIfNegative(offset);
+        ArgumentOutOfRangeException.ThrowIfNegative(count);
+        if (file.IsInvalid || file.IsClosed)
+        {
+            throw new ArgumentException("The file handle is closed or invalid.", nameof(file));
+        }
+
+        return SendFileCoreAsync(file, offset, count, cancellationToken);
+    }
+
+    private async Task SendFileCoreAsync(SafeFileHandle file, long offset, long count, CancellationToken cancellationToken)
+    {
+        cancellationToken.ThrowIfCancellationRequested();
+        PipeWriter output = Transport.Output;
+        if (count == 0)
+        {
+            // Nothing to send, but the call still pushes what came before it, as a send would.
+            await FlushOrThrowAsync(output, cancellationToken).ConfigureAwait(false);
+            return;
+        }
+
+        if (!IsSendFileAvailable || !IsRegularFile(file))
+        {
+            await CopyFileAsync(output, file, offset, count, cancellationToken).ConfigureAwait(false);
+            return;
+        }
+
+        // Every byte advanced before the call goes first: flushed into the pipe, where the loop finds it ahead of the job.
+        await FlushOrThrowAsync(output, cancellationToken).ConfigureAwait(false);
+        SendFileOutcome outcome = await RunFileJobAsync(new SendFileJob(file, offset, count, placeholders: 0), cancellationToken).ConfigureAwait(false);
+        if (outcome == SendFileOutcome.NotSupported)
+        {
+            await CopyFileAsync(output, file, offset, count, cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    internal static bool IsRegularFile(SafeFileHandle file)
+        => Libc.StatFile((int)file.DangerousGetHandle(), out bool isRegular, out _) == Error.Success && isRegular;
+
+    private static async ValueTask FlushOrThrowAsync(PipeWriter output, CancellationToken cancellationToken)
+    {
+        FlushResult flush = await output.FlushAsync(cancellationToken).ConfigureAwait(false);
+        if (flush.IsCanceled)
+        {
+            throw new OperationCanceledException("The flush before SendFileAsync was cancelled.");
+        }
+
+        if (flush.IsCompleted)
+        {
+            throw new ConnectionAbortedException("The connection's output is closed.");
+        }
+    }
+
+    /// <summary>
+    /// The fallback: reads the file in chunks straight into the pipe's memory and flushes each one (backpressure
+    /// as for any write). The same order, the same bytes; counted in the fallback metric.
+    /// </summary>
+    private async Task CopyFileAsync(PipeWriter output, SafeFileHandle file, long offset, long count, CancellationToken cancellationToken)
+    {
+        long copied = 0;
+        try
+        {
+            while (copied < count)
+            {
+                Memory<byte> memory = output.GetMemory(CopyChunkSize);
+                int want = (int)Math.Min(memory.Length, count - copied);
+                int read = await RandomAccess.ReadAsync(file, memory[..want], offset + copied, cancellationToken).ConfigureAwait(false);
+                if (read == 0)
+                {
+                    throw new IOException($"The file ended at offset {offset + copied}, {count - copied} bytes before the range sent with SendFileAsync: it shrank while it was being sent.");
+                }
+
+                output.Advance(read);
+                copied += read;
+                _context.Metrics.SendFileFallbackBytes(read);
+                await FlushOrThrowAsync(output, cancellationToken).ConfigureAwait(false);
+            }
+        }
+        catch (Exception ex) when (copied > 0 || ex is IOException)
+        {
+            // Part of the range may be out (or a short file would be sent short): the peer cannot be told where it
+            // stopped, so the connection goes.
+            Abort(new ConnectionAbortedException("SendFileAsync failed after part of the file was sent: " + ex.Message, ex));
+            throw;
+        }
+    }
+}
