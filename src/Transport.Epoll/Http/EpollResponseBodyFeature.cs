@@ -1,0 +1,138 @@
+using System.IO.Pipelines;
+using Microsoft.AspNetCore.Connections.Features;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Http.Features;
+using Microsoft.Win32.SafeHandles;
+using Transport.Epoll.Internal;
+
+namespace Transport.Epoll.Http;
+
+/// <summary>
+/// Kestrel's response body feature with a <see cref="SendFileAsync"/> that goes through sendfile(2) when that is safe.
+/// Everything else is Kestrel's. Kestrel counts the body bytes its writer saw against Content-Length (and closes
+/// the connection when they differ), so the file is accounted for with placeholder bytes: zeroed pipe memory advanced
+/// through Kestrel's writer, which the transport skips at their place in the stream while it sends the file itself.
+/// </summary>
+internal sealed class EpollResponseBodyFeature(HttpContext context, IHttpResponseBodyFeature inner, EpollConnection connection) : IHttpResponseBodyFeature
+{
+    /// <summary>Placeholder bytes per Kestrel write: few round trips with the loop, and a bounded buffer (the pipe's
+    /// pause threshold stops the writer until the loop skips them).</summary>
+    private const int PlaceholderChunk = 256 * 1024;
+
+    public IHttpResponseBodyFeature Inner => inner;
+
+    public Stream Stream => inner.Stream;
+
+    public PipeWriter Writer => inner.Writer;
+
+    public void DisableBuffering() => inner.DisableBuffering();
+
+    public Task StartAsync(CancellationToken cancellationToken = default) => inner.StartAsync(cancellationToken);
+
+    public Task CompleteAsync() => inner.CompleteAsync();
+
+    public async Task SendFileAsync(string path, long offset, long? count, CancellationToken cancellationToken = default)
+    {
+        if (!CanBypassKestrel())
+        {
+            await inner.SendFileAsync(path, offset, count, cancellationToken).ConfigureAwait(false);
+            return;
+        }
+
+        using SafeFileHandle file = File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
+        long length = RandomAccess.GetLength(file);
+        ArgumentOutOfRangeException.ThrowIfNegative(offset);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(offset, length);
+        long size = count ?? length - offset;
+        ArgumentOutOfRangeException.ThrowIfNegative(size, nameof(count));
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(size, length - offset, nameof(count));
+
+        HttpResponse response = context.Response;
+        if (!EpollConnection.IsRegularFile(file) || !CanFrameWithContentLength(response, size))
+        {
+            await inner.SendFileAsync(path, offset, count, cancellationToken).ConfigureAwait(false);
+            return;
+        }
+
+        cancellationToken.ThrowIfCancellationRequested();
+        await inner.StartAsync(cancellationToken).ConfigureAwait(false);
+        if (size == 0)
+        {
+            return;
+        }
+
+        // The headers (and any body written before) go into the transport's pipe ahead of the file.
+        PipeWriter writer = inner.Writer;
+        await writer.FlushAsync(cancellationToken).ConfigureAwait(false);
+
+        var job = new SendFileJob(file, offset, size, placeholders: size);
+        Task<SendFileOutcome> sending = connection.RunFileJobAsync(job, cancellationToken);
+
+        // Placeholders only once the kernel took the file: if it refuses it (EINVAL), the job ends with nothing
+        // sent or skipped and Kestrel copies the file as it would have.
+        SendFileOutcome accepted = await job.Accepted.Task.ConfigureAwait(false);
+        if (accepted == SendFileOutcome.NotSupported)
+        {
+            await sending.ConfigureAwait(false);
+            await inner.SendFileAsync(path, offset, count, cancellationToken).ConfigureAwait(false);
+            return;
+        }
+
+        await WritePlaceholdersAsync(writer, size, sending, cancellationToken).ConfigureAwait(false);
+        await sending.ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// The fast path needs the bytes to reach the socket unchanged, exactly as Kestrel would frame them: plain
+    /// HTTP/1.x, not HEAD (Kestrel drops the body), the server's own body feature (no compression or other wrapper
+    /// in front), and the transport's own pipe (no TLS or connection logging).
+    /// </summary>
+    private bool CanBypassKestrel()
+    {
+        HttpRequest request = context.Request;
+        return connection.IsSendFileAvailable
+            && !HttpMethods.IsHead(request.Method)
+            && (HttpProtocol.IsHttp11(request.Protocol) || HttpProtocol.IsHttp10(request.Protocol))
+            && !request.IsHttps
+            && context.Features.Get<ITlsHandshakeFeature>() is null
+            && ReferenceEquals(inner, context.Features.Get<IHttpRequestFeature>());
+    }
+
+    /// <summary>Placeholders need Content-Length framing (with chunked framing Kestrel would wrap them in chunk headers).</summary>
+    private static bool CanFrameWithContentLength(HttpResponse response, long size)
+    {
+        if (response.Headers.TransferEncoding.Count > 0)
+        {
+            return false;
+        }
+
+        if (response.HasStarted)
+        {
+            return response.ContentLength is not null;
+        }
+
+        response.ContentLength ??= size;
+        return true;
+    }
+
+    private static async Task WritePlaceholdersAsync(PipeWriter writer, long size, Task sending, CancellationToken cancellationToken)
+    {
+        long left = size;
+        while (left > 0)
+        {
+            Memory<byte> memory = writer.GetMemory((int)Math.Min(PlaceholderChunk, left));
+            int n = (int)Math.Min(memory.Length, left);
+
+            // Never sent, but zeroed: pool memory may hold another connection's bytes, and a bug must not leak them.
+            memory.Span[..n].Clear();
+            writer.Advance(n);
+            left -= n;
+            FlushResult flush = await writer.FlushAsync(cancellationToken).ConfigureAwait(false);
+            if (flush.IsCompleted || flush.IsCanceled || sending.IsFaulted || sending.IsCanceled)
+            {
+                // The connection went away or the file failed: the job's task says why.
+                return;
+            }
+        }
+    }
+}
