@@ -40,6 +40,12 @@ builder.WebHost.UseSetting(WebHostDefaults.HttpsPortsKey, string.Empty);
 var httpEndpoints = new List<ListenOptions>();
 ListenOptions? echoEndpoint = null;
 ListenOptions? http2Endpoint = null;
+ListenOptions? fileEndpoint = null;
+if (settings.Files is not null)
+{
+    SampleEndpoints.ContentFolder = settings.Files;
+}
+
 builder.WebHost.ConfigureKestrel(kestrel =>
 {
     httpEndpoints.Clear();
@@ -54,6 +60,15 @@ builder.WebHost.ConfigureKestrel(kestrel =>
         {
             options.UseConnectionHandler<EchoConnectionHandler>();
             echoEndpoint = options;
+        });
+    }
+
+    if (settings.FileEnabled)
+    {
+        kestrel.ListenAnyIP(settings.FilePort, options =>
+        {
+            options.UseConnectionHandler<FileConnectionHandler>();
+            fileEndpoint = options;
         });
     }
 
@@ -73,6 +88,9 @@ using var stats = new TransportStats();
 
 var app = builder.Build();
 
+// Files (GET /files/{name}) go out with sendfile(2) on the epoll transport; a no-op on Sockets.
+app.UseEpollSendFile();
+
 app.MapGet("/plaintext", new RequestDelegate(SampleEndpoints.Plaintext));
 app.MapGet("/json", new RequestDelegate(SampleEndpoints.Json));
 app.MapPost("/echo", new RequestDelegate(SampleEndpoints.Echo));
@@ -87,7 +105,8 @@ app.Lifetime.ApplicationStarted.Register(() =>
     string http = string.Join(' ', httpEndpoints.Select(static e => e.ToString()));
     string echo = echoEndpoint is null ? "off" : $"tcp://{echoEndpoint.EndPoint}";
     string h2c = http2Endpoint is null ? "off" : $"{http2Endpoint}";
-    Console.WriteLine($"WebApp: transport={settings.Transport.ToString().ToLowerInvariant()} http={http} echo={echo} h2c={h2c}");
+    string files = fileEndpoint is null ? "off" : $"tcp://{fileEndpoint.EndPoint}";
+    Console.WriteLine($"WebApp: transport={settings.Transport.ToString().ToLowerInvariant()} http={http} echo={echo} h2c={h2c} files={files}");
 });
 
 app.Run();

@@ -21,8 +21,9 @@ internal static class SampleEndpoints
     // Serialized once at start-up: {"message":"Hello, World!"}.
     private static readonly byte[] s_jsonBody = JsonSerializer.SerializeToUtf8Bytes(new JsonMessage("Hello, World!"), SampleJsonContext.Default.JsonMessage);
 
-    /// <summary>The folder <c>GET /files/{name}</c> serves from: <c>content/</c> next to the binary.</summary>
-    public static string ContentFolder { get; } = Path.Combine(AppContext.BaseDirectory, "content");
+    /// <summary>The folder <c>GET /files/{name}</c> and the raw file port serve from: <c>--Files</c>, else <c>content/</c>
+    /// next to the binary.</summary>
+    public static string ContentFolder { get; set; } = Path.Combine(AppContext.BaseDirectory, "content");
 
     public static Task Plaintext(HttpContext context)
     {
@@ -127,10 +128,17 @@ internal static class SampleEndpoints
             : $"transport=other connection={context.Connection.Id}\n";
 
     /// <summary>
-    /// A file from <see cref="ContentFolder"/>, with Range support. A name that could leave the folder ('/', '\',
-    /// "..") or names no file is a 404.
+    /// A file from <see cref="ContentFolder"/>, with Range support; with <c>UseEpollSendFile()</c> (Program.cs) it goes
+    /// out with sendfile(2). A name that could leave the folder or names no file is a 404.
     /// </summary>
     public static IResult File(string name)
+        => ResolveFile(name) is { } path
+            ? Results.File(path, "application/octet-stream", enableRangeProcessing: true)
+            : Results.NotFound();
+
+    /// <summary>The path of <paramref name="name"/> in <see cref="ContentFolder"/>; null when the name could leave the
+    /// folder ('/', '\', "..") or names no file.</summary>
+    public static string? ResolveFile(string name)
     {
         if (string.IsNullOrEmpty(name)
             || name.Contains('/', StringComparison.Ordinal)
@@ -138,16 +146,11 @@ internal static class SampleEndpoints
             || name.Contains("..", StringComparison.Ordinal)
             || name.Contains('\0', StringComparison.Ordinal))
         {
-            return Results.NotFound();
+            return null;
         }
 
         string path = Path.Combine(ContentFolder, name);
-        if (!System.IO.File.Exists(path))
-        {
-            return Results.NotFound();
-        }
-
-        return Results.File(path, "application/octet-stream", enableRangeProcessing: true);
+        return System.IO.File.Exists(path) ? path : null;
     }
 }
 

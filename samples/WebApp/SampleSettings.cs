@@ -22,13 +22,20 @@ internal sealed class SampleConfigurationException(string message) : Exception(m
 /// <item><c>urls</c>: the HTTP/1.1 endpoints, <c>;</c>-separated, as Kestrel's <c>--urls</c>; without it
 /// <c>http_ports</c>/<c>https_ports</c> as Kestrel reads them, else <c>http://localhost:5000</c>.</item>
 /// <item><c>EchoPort</c>: the raw TCP echo port on all interfaces (default 5001; 0 picks a free port; negative: no echo endpoint).</item>
+/// <item><c>FilePort</c>: a raw TCP file-serving port (<see cref="FileConnectionHandler"/>) on all interfaces (default
+/// off; 0 picks a free port).</item>
+/// <item><c>Files</c>: the folder <c>/files/{name}</c> and the file port serve (default <c>content/</c> next to the binary).</item>
 /// <item><c>Http2Port</c>: an HTTP/2-only cleartext (prior knowledge, h2c) port on all interfaces (default off;
 /// 0 picks a free port). Kestrel cannot offer HTTP/1.1 and HTTP/2 on one cleartext endpoint: without TLS there
 /// is no ALPN, so it serves HTTP/1.1 only there.</item>
 /// </list>
 /// </summary>
-internal sealed record SampleSettings(SampleTransport Transport, IReadOnlyList<BindingAddress> Urls, int EchoPort, int Http2Port)
+internal sealed record SampleSettings(SampleTransport Transport, IReadOnlyList<BindingAddress> Urls, int EchoPort, int Http2Port, int FilePort, string? Files)
 {
+    public const int DefaultFilePort = -1;
+
+    public bool FileEnabled => FilePort >= 0;
+
     public const string DefaultUrls = "http://localhost:5000";
     public const int DefaultEchoPort = 5001;
     public const int DefaultHttp2Port = -1;
@@ -42,7 +49,22 @@ internal sealed record SampleSettings(SampleTransport Transport, IReadOnlyList<B
             ReadTransport(configuration["Transport"]),
             ReadUrls(configuration),
             ReadPort(configuration, "EchoPort", DefaultEchoPort),
-            ReadPort(configuration, "Http2Port", DefaultHttp2Port));
+            ReadPort(configuration, "Http2Port", DefaultHttp2Port),
+            ReadPort(configuration, "FilePort", DefaultFilePort),
+            ReadFolder(configuration["Files"]));
+
+    private static string? ReadFolder(string? value)
+    {
+        if (string.IsNullOrWhiteSpace(value))
+        {
+            return null;
+        }
+
+        string folder = Path.GetFullPath(value.Trim());
+        return Directory.Exists(folder)
+            ? folder
+            : throw new SampleConfigurationException($"--Files '{value}' is not a folder.");
+    }
 
     private static SampleTransport ReadTransport(string? value)
     {
