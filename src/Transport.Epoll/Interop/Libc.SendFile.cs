@@ -80,3 +80,15 @@ internal static unsafe partial class Libc
     /// loop may close its own descriptor meanwhile, and the number must never reach the fd's next owner.</summary>
     public static int Duplicate(int fd) => fcntl(fd, F_DUPFD_CLOEXEC, 0);
 }
+
+internal static unsafe partial class Libc
+{
+    private const int POSIX_FADV_DONTNEED = 4;
+
+    [LibraryImport(Name, EntryPoint = "posix_fadvise")]
+    private static partial int posix_fadvise(int fd, long offset, long length, int advice);
+
+    /// <summary>Drops a file's clean pages from the page cache (posix_fadvise(2) POSIX_FADV_DONTNEED): how the tests
+    /// and benchmarks make a file cold without root. Returns the error number, 0 on success.</summary>
+    public static int EvictFromPageCache(int fd) => posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+}
