@@ -216,7 +216,9 @@ internal sealed partial class EpollConnection
             }
 
             long slice = Math.Min(job.Remaining, budget);
-            if (!IsInPageCache(job.FileFd, job.Offset, slice) && StartFileWorker(job, slice))
+            // Once a slice was cold, the rest of the job goes to workers too: readahead puts pages in the cache before
+            // their reads complete, so cachestat counts them while a sendfile would still wait for the disk.
+            if ((job.Cold || !IsInPageCache(job.FileFd, job.Offset, slice)) && StartFileWorker(job, slice))
             {
                 return FileStep.Waiting;
             }
@@ -375,6 +377,7 @@ internal sealed partial class EpollConnection
 
         bool added = false;
         job.File.DangerousAddRef(ref added);
+        job.Cold = true;
         _fileWorkerBusy = true;
         _writableWhileWorkerBusy = false;
         Loop.Counters.SendFileOffloads++;

@@ -55,6 +55,9 @@ internal sealed class SendFileJob
 
     public bool FileDone => Remaining == 0;
 
+    /// <summary>A slice was not in the page cache: the rest is sent from worker threads.</summary>
+    public bool Cold { get; set; }
+
     /// <summary>Set once the loop knows whether the kernel takes the file (first sendfile call), for a caller that must
     /// decide before it writes placeholders.</summary>
     public TaskCompletionSource<SendFileOutcome> Accepted { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
