@@ -68,6 +68,19 @@ public sealed class EpollTransportOptions
     public bool EnableSendFile { get; set; } = true;
 
     /// <summary>
+    /// Sends of at least this many bytes use <c>MSG_ZEROCOPY</c>: the kernel sends from the pipe's memory instead of
+    /// copying it, and the memory is released only when the kernel says (on the socket's error queue) that it is done
+    /// with it. A connection turns it off by itself when the kernel reports it copied anyway (always on loopback, and
+    /// on devices without scatter-gather) or when <c>ENOBUFS</c> says the pinned pages exceed the socket's optmem limit.
+    /// Bytes waiting for their completion still count against <see cref="MaxWriteBufferSize"/>: raise it to at
+    /// least the bandwidth-delay product when you turn this on.
+    /// </summary>
+    /// <remarks>Defaults to <see langword="null"/> (off): it pays only for large sends on a real network card (the
+    /// kernel's own guidance is sends of about 10 KB and more), costs a notification per send, and cannot be measured
+    /// on loopback, where the kernel always copies. Allowed: 1024 to 2^30 bytes; null or 0 for off.</remarks>
+    public int? ZeroCopyThreshold { get; set; }
+
+    /// <summary>
     /// When <see langword="false"/>, a peer's FIN (it shut down its sending side) completes <c>Input</c> and also
     /// fires <c>ConnectionClosed</c>, as the Sockets transport does: HTTP relies on it to abort requests of clients
     /// that went away. When <see langword="true"/>, a FIN only completes <c>Input</c> and the connection stays open

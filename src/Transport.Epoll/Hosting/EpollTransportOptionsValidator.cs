@@ -6,6 +6,8 @@ namespace Transport.Epoll.Hosting;
 internal sealed class EpollTransportOptionsValidator : IValidateOptions<EpollTransportOptions>
 {
     internal const int MaxThreadCount = 256;
+    internal const int MinZeroCopyThreshold = 1024;
+    internal const int MaxZeroCopyThreshold = 1 << 30;
 
     public ValidateOptionsResult Validate(string? name, EpollTransportOptions options)
     {
@@ -33,6 +35,11 @@ internal sealed class EpollTransportOptionsValidator : IValidateOptions<EpollTra
         if (options.MaxPendingAccepts is < 1 or > 1_000_000)
         {
             failures.Add($"EpollTransportOptions.MaxPendingAccepts is {options.MaxPendingAccepts}; it must be between 1 and 1000000.");
+        }
+
+        if (options.ZeroCopyThreshold is { } zeroCopy && zeroCopy != 0 && zeroCopy is < MinZeroCopyThreshold or > MaxZeroCopyThreshold)
+        {
+            failures.Add($"EpollTransportOptions.ZeroCopyThreshold is {zeroCopy}; it must be between {MinZeroCopyThreshold} and {MaxZeroCopyThreshold} bytes, or null or 0 for off.");
         }
 
         if (!Enum.IsDefined(options.AcceptDistribution))

@@ -77,7 +77,16 @@ internal sealed partial class EpollConnection
         PipeReader reader = _output.Reader;
         if (_fd < 0 || _sendCompleted)
         {
-            // Closed while the read was pending (abort, reset): the bytes are abandoned.
+            // Closed while the read was pending (abort, reset): the bytes are abandoned, except those the kernel may
+            // still read for a zero-copy send, which are never handed back to the pool.
+            if (ZeroCopyPending)
+            {
+                reader.AdvanceTo(result.Buffer.Start);
+                QuarantineOutput();
+                _sendCompleted = true;
+                return false;
+            }
+
             reader.AdvanceTo(result.Buffer.End);
             CompleteOutput(null);
             return false;
@@ -143,9 +152,11 @@ internal sealed partial class EpollConnection
             }
         }
 
+        // Sent bytes are released, except from the first zero-copy send the kernel has not completed.
+        long release = Math.Min(_outputSent, ZeroCopyHeldFrom);
         long sentInBuffer = _outputSent - _outputReleased;
-        reader.AdvanceTo(buffer.GetPosition(sentInBuffer), partial ? buffer.GetPosition(sentInBuffer) : buffer.End);
-        _outputReleased = _outputSent;
+        reader.AdvanceTo(buffer.GetPosition(release - _outputReleased), partial ? buffer.GetPosition(sentInBuffer) : buffer.End);
+        _outputReleased = release;
 
         if (error != Error.Success)
         {
@@ -178,6 +189,12 @@ internal sealed partial class EpollConnection
             // (half-close) until the peer's FIN or the application's end.
             _ = Libc.shutdown(_fd, Libc.SHUT_WR);
             SetCloseReason(EpollCloseReason.LocalClose, null);
+            if (ZeroCopyPending)
+            {
+                WaitForZeroCopyBeforeClose();
+                return false;
+            }
+
             CompleteOutput(null);
             TryCloseAfterBothSidesDone();
             return false;
@@ -219,16 +236,36 @@ internal sealed partial class EpollConnection
                 return total;
             }
 
+            int flags = UseZeroCopy(batch) ? Libc.MSG_ZEROCOPY : 0;
             nint written;
             do
             {
-                written = Libc.SendVectors(_fd, vectors, count);
+                written = Libc.SendVectors(_fd, vectors, count, flags);
             }
             while (written < 0 && Errno.Last == Error.EINTR);
 
-            Error lastError = written < 0 ? Errno.Last : Error.Success;
             LoopCounters counters = Loop.Counters;
+            if (written < 0 && flags != 0 && Errno.Last == Error.ENOBUFS)
+            {
+                // The pages a zero-copy send pins are charged to the socket's optmem (net.core.optmem_max): over it,
+                // this connection copies from now on, starting with this very send.
+                TurnZeroCopyOff("ENOBUFS");
+                flags = 0;
+                counters.Writes++;
+                do
+                {
+                    written = Libc.SendVectors(_fd, vectors, count);
+                }
+                while (written < 0 && Errno.Last == Error.EINTR);
+            }
+
+            Error lastError = written < 0 ? Errno.Last : Error.Success;
             counters.Writes++;
+            if (written > 0 && flags != 0)
+            {
+                OnZeroCopySent(_outputSent + total);
+            }
+
             for (int i = 0; i < count; i++)
             {
                 pins[i].Dispose();
@@ -261,10 +298,23 @@ internal sealed partial class EpollConnection
 
     private void CompleteOutput(Exception? error)
     {
+        bool wasCompleted = _sendCompleted;
         _sendCompleted = true;
         _waitingForWritable = false;
+        _zeroCopyClosePending = false;
         if (!_outputReadPending)
         {
+            if (ZeroCopyPending)
+            {
+                // The kernel may still read these buffers: they must not go back to the pool.
+                if (!wasCompleted)
+                {
+                    QuarantineOutput();
+                }
+
+                return;
+            }
+
             _output.Reader.Complete(error);
         }
         else

@@ -121,6 +121,15 @@ internal sealed partial class EpollConnection : ConnectionContext, IEpollHandler
             return;
         }
 
+        if ((events & Libc.EPOLLERR) != 0 && _zeroCopyUsed)
+        {
+            events = HandleErrorQueue(events);
+            if (_fd < 0)
+            {
+                return;
+            }
+        }
+
         // Edge-triggered: each bit says something changed since we last looked. Readiness is remembered in flags
         // and acted on when the receive or send side is able to (not paused by backpressure).
         if ((events & (Libc.EPOLLIN | Libc.EPOLLRDHUP | Libc.EPOLLHUP | Libc.EPOLLERR)) != 0)

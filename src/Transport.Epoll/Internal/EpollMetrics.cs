@@ -38,6 +38,9 @@ internal sealed class EpollMetrics : IDisposable
         _meter.CreateObservableCounter("epoll.sendfile.bytes", () => Sum().SendFileBytes, "By", "File bytes sent with sendfile(2).");
         _meter.CreateObservableCounter("epoll.sendfile.calls", () => Sum().SendFileCalls, "{call}", "sendfile(2) calls.");
         _meter.CreateObservableCounter("epoll.sendfile.offloads", () => Sum().SendFileOffloads, "{slice}", "File slices not in the page cache, sent from a thread-pool thread so the loop does not wait for the disk.");
+        _meter.CreateObservableCounter("epoll.zerocopy.sends", () => Sum().ZeroCopySends, "{call}", "sendmsg(2) calls with MSG_ZEROCOPY.");
+        _meter.CreateObservableCounter("epoll.zerocopy.completions", () => Sum().ZeroCopyCompletions, "{notification}", "Zero-copy completion notifications read from sockets' error queues.");
+        _meter.CreateObservableCounter("epoll.zerocopy.copied", () => Sum().ZeroCopyCopied, "{notification}", "Zero-copy completions that said the kernel copied the data anyway (each turns zero-copy off for its connection).");
         _meter.CreateObservableGauge("epoll.connections.table", () => (long)ConnectionTable.Shared.Count, "{entry}", "Entries in the process-wide connection table (connections and listening sockets).");
         _meter.CreateObservableCounter("epoll.bytes.received", () => Sum().BytesReceived, "By", "Bytes read from sockets.");
         _meter.CreateObservableCounter("epoll.bytes.sent", () => Sum().BytesSent, "By", "Bytes written to sockets.");

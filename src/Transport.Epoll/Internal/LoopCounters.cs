@@ -18,6 +18,9 @@ internal sealed class LoopCounters
     public long SendFileCalls;
     public long SendFileBytes;
     public long SendFileOffloads;
+    public long ZeroCopySends;
+    public long ZeroCopyCompletions;
+    public long ZeroCopyCopied;
 
     public void AddTo(LoopCounters total)
     {
@@ -32,5 +35,8 @@ internal sealed class LoopCounters
         total.SendFileCalls += Volatile.Read(ref SendFileCalls);
         total.SendFileBytes += Volatile.Read(ref SendFileBytes);
         total.SendFileOffloads += Volatile.Read(ref SendFileOffloads);
+        total.ZeroCopySends += Volatile.Read(ref ZeroCopySends);
+        total.ZeroCopyCompletions += Volatile.Read(ref ZeroCopyCompletions);
+        total.ZeroCopyCopied += Volatile.Read(ref ZeroCopyCopied);
     }
 }

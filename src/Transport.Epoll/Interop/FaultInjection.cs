@@ -24,6 +24,7 @@ internal static class FaultInjection
     private static readonly int s_seed;
     private static readonly double s_rate;
     private static readonly double s_resetRate;
+    private static readonly double s_zeroCopyNoBufsRate;
 
     [ThreadStatic]
     private static Random? t_random;
@@ -54,12 +55,15 @@ internal static class FaultInjection
                 case "resets":
                     s_resetRate = double.Parse(value, CultureInfo.InvariantCulture);
                     break;
+                case "zerocopy_enobufs":
+                    s_zeroCopyNoBufsRate = double.Parse(value, CultureInfo.InvariantCulture);
+                    break;
                 default:
-                    throw new FormatException($"{EnvironmentVariable}: unknown setting '{pair[0]}' (known: seed, rate, resets).");
+                    throw new FormatException($"{EnvironmentVariable}: unknown setting '{pair[0]}' (known: seed, rate, resets, zerocopy_enobufs).");
             }
         }
 
-        IsEnabled = s_rate > 0 || s_resetRate > 0;
+        IsEnabled = s_rate > 0 || s_resetRate > 0 || s_zeroCopyNoBufsRate > 0;
     }
 
     public static int Seed => s_seed;
@@ -141,6 +145,11 @@ internal static class FaultInjection
 
         return false;
     }
+
+    /// <summary>A MSG_ZEROCOPY send failing with ENOBUFS, as when the socket's optmem limit is reached (the pinned
+    /// pages are charged to it): the transport must turn zero-copy off and send the bytes normally.</summary>
+    public static bool InjectNoBuffers(int flags)
+        => (flags & Libc.MSG_ZEROCOPY) != 0 && Random.NextDouble() < s_zeroCopyNoBufsRate && Fail(Error.ENOBUFS);
 
     /// <summary>Before accept4: maybe fail with EINTR, ECONNABORTED or EMFILE (no connection is taken).</summary>
     public static bool BeforeAccept()

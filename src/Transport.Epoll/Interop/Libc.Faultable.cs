@@ -40,7 +40,7 @@ internal static unsafe partial class Libc
     /// sendmsg(2) with MSG_NOSIGNAL over <paramref name="count"/> iovecs: writev's gather, but a peer that is gone
     /// yields EPIPE instead of a SIGPIPE that would kill the process (send(2), "MSG_NOSIGNAL").
     /// </summary>
-    public static nint SendVectors(int fd, IOVector* vectors, int count)
+    public static nint SendVectors(int fd, IOVector* vectors, int count, int flags = 0)
     {
         if (FaultInjection.IsEnabled)
         {
@@ -56,20 +56,25 @@ internal static unsafe partial class Libc
                 return -1;
             }
 
+            if (FaultInjection.InjectNoBuffers(flags))
+            {
+                return -1;
+            }
+
             if (allowed < total)
             {
-                return SendTruncated(fd, vectors, count, allowed);
+                return SendTruncated(fd, vectors, count, allowed, flags);
             }
         }
 
         MessageHeader header = default;
         header.Vectors = vectors;
         header.VectorCount = (nuint)count;
-        return sendmsg(fd, &header, MSG_NOSIGNAL);
+        return sendmsg(fd, &header, MSG_NOSIGNAL | flags);
     }
 
     /// <summary>A send the kernel took only <paramref name="allowed"/> bytes of: the caller sees a real partial write.</summary>
-    private static nint SendTruncated(int fd, IOVector* vectors, int count, nuint allowed)
+    private static nint SendTruncated(int fd, IOVector* vectors, int count, nuint allowed, int flags)
     {
         IOVector* copy = stackalloc IOVector[count];
         int used = 0;
@@ -87,6 +92,6 @@ internal static unsafe partial class Libc
         MessageHeader header = default;
         header.Vectors = copy;
         header.VectorCount = (nuint)used;
-        return sendmsg(fd, &header, MSG_NOSIGNAL);
+        return sendmsg(fd, &header, MSG_NOSIGNAL | flags);
     }
 }
