@@ -55,7 +55,7 @@ public sealed partial class SampleProcess : IAsyncDisposable
     /// Starts the sample on the epoll transport. <paramref name="faults"/> goes to <c>TRANSPORT_EPOLL_FAULTS</c> (none
     /// when null). Returns once the sample printed its start line with the bound ports.
     /// </summary>
-    public static async Task<SampleProcess> StartAsync(string? faults = null, ITestOutputHelper? output = null)
+    public static async Task<SampleProcess> StartAsync(string? faults = null, ITestOutputHelper? output = null, IEnumerable<string>? extraArgs = null)
     {
         string dll = FindSampleDll();
         var psi = new ProcessStartInfo
@@ -70,6 +70,11 @@ public sealed partial class SampleProcess : IAsyncDisposable
 
         psi.ArgumentList.Add(dll);
         foreach (string arg in (string[])["--urls", "http://127.0.0.1:0", "--EchoPort", "0", "--Transport", "epoll"])
+        {
+            psi.ArgumentList.Add(arg);
+        }
+
+        foreach (string arg in extraArgs ?? [])
         {
             psi.ArgumentList.Add(arg);
         }
