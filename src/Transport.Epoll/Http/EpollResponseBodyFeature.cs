@@ -70,7 +70,18 @@ internal sealed class EpollResponseBodyFeature(HttpContext context, IHttpRespons
 
         // Placeholders only once the kernel took the file: if it refuses it (EINVAL), the job ends with nothing
         // sent or skipped and Kestrel copies the file as it would have.
-        SendFileOutcome accepted = await job.Accepted.Task.ConfigureAwait(false);
+        SendFileOutcome accepted;
+        try
+        {
+            accepted = await job.Accepted.Task.ConfigureAwait(false);
+        }
+        catch
+        {
+            // The job failed or was cancelled before the kernel took a byte: its task carries the same error.
+            await sending.ConfigureAwait(false);
+            throw;
+        }
+
         if (accepted == SendFileOutcome.NotSupported)
         {
             await sending.ConfigureAwait(false);
@@ -128,9 +139,10 @@ internal sealed class EpollResponseBodyFeature(HttpContext context, IHttpRespons
             writer.Advance(n);
             left -= n;
             FlushResult flush = await writer.FlushAsync(cancellationToken).ConfigureAwait(false);
-            if (flush.IsCompleted || flush.IsCanceled || sending.IsFaulted || sending.IsCanceled)
+            if (flush.IsCompleted || sending.IsCompleted)
             {
-                // The connection went away or the file failed: the job's task says why.
+                // The connection went away or the file failed: the job's task says why. (A flush cancelled by
+                // CancelPendingFlush just goes on: the job needs every placeholder to finish.)
                 return;
             }
         }

@@ -155,7 +155,8 @@ internal sealed partial class EpollConnection
                 return 0;
             }
 
-            long length = result.Buffer.Length;
+            // Bytes held for zero-copy completions at the front were sent already.
+            long length = result.Buffer.Length - (_outputSent - _outputReleased);
             _output.Reader.AdvanceTo(result.Buffer.Start);
             return length;
         }

@@ -389,9 +389,15 @@ internal sealed partial class EpollConnection
     {
         _fileWorkerBusy = false;
         SendFileJob job = worker.Job;
-        if (_fd < 0 || _fileJob != job)
+        if (_fd < 0)
         {
-            // Closed or cancelled meanwhile; the job already ended.
+            return;
+        }
+
+        if (_fileJob != job)
+        {
+            // Cancelled meanwhile (that job already ended); a newer job may have waited for the worker to finish.
+            ContinueFile();
             return;
         }
 
