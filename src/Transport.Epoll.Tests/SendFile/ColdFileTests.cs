@@ -12,6 +12,7 @@ namespace Transport.Epoll.Tests.SendFile;
 /// sendfile(2) blocks its caller while it reads pages that are not in the page cache, whatever the socket's
 /// O_NONBLOCK says. A file that is not cached is sent from a worker thread, so the loop keeps serving its others.
 /// </summary>
+[Collection(SerialCollection.Name)]
 public sealed class ColdFileTests(ITestOutputHelper output, TestFiles files) : IClassFixture<TestFiles>
 {
     [Fact]

@@ -187,15 +187,18 @@ public sealed class HttpSendFileTests(ITestOutputHelper output, TestFiles files)
     [Fact]
     public async Task TLS_falls_back_with_identical_bytes()
     {
-        string path = files.Create(2_500_000);
-        string name = Path.GetFileName(path);
         await using var server = await StartAsync(listen: l => l.UseHttps(TestCertificate.Instance));
         using var client = HttpClients.Create(server.Address("https"));
         var metrics = await TransportMetrics.CollectAsync(server, async () =>
         {
-            foreach (string url in new[] { $"/result/{name}", $"/static/{name}", $"/send/{name}" })
+            foreach (long size in new long[] { 0, 1, 4097, 2_500_000 })
             {
-                Assert.Equal(TestFiles.Hash(path, 0, 2_500_000), Client.Sha256(await client.GetByteArrayAsync(url)));
+                string path = files.Create(size);
+                string name = Path.GetFileName(path);
+                foreach (string url in new[] { $"/result/{name}", $"/static/{name}", $"/send/{name}" })
+                {
+                    Assert.Equal(TestFiles.Hash(path, 0, size), Client.Sha256(await client.GetByteArrayAsync(url)));
+                }
             }
         });
         Assert.Equal(0, metrics.GetValueOrDefault("epoll.sendfile.bytes"));
@@ -204,15 +207,18 @@ public sealed class HttpSendFileTests(ITestOutputHelper output, TestFiles files)
     [Fact]
     public async Task HTTP2_falls_back_with_identical_bytes()
     {
-        string path = files.Create(2_500_001);
-        string name = Path.GetFileName(path);
         await using var server = await StartAsync(listen: l => l.Protocols = HttpProtocols.Http2);
         using var client = HttpClients.Create(server.BaseAddress, HttpVersion.Version20);
         var metrics = await TransportMetrics.CollectAsync(server, async () =>
         {
-            foreach (string url in new[] { $"/result/{name}", $"/static/{name}", $"/send/{name}" })
+            foreach (long size in new long[] { 0, 1, 4097, 2_500_001 })
             {
-                Assert.Equal(TestFiles.Hash(path, 0, 2_500_001), Client.Sha256(await client.GetByteArrayAsync(url)));
+                string path = files.Create(size);
+                string name = Path.GetFileName(path);
+                foreach (string url in new[] { $"/result/{name}", $"/static/{name}", $"/send/{name}" })
+                {
+                    Assert.Equal(TestFiles.Hash(path, 0, size), Client.Sha256(await client.GetByteArrayAsync(url)));
+                }
             }
         });
         Assert.Equal(0, metrics.GetValueOrDefault("epoll.sendfile.bytes"));

@@ -12,6 +12,7 @@ using Xunit.Abstractions;
 namespace Transport.Epoll.Tests.SendFile;
 
 /// <summary>A 1 GiB file, byte-identical over a raw handler, plain HTTP/1.1 (sendfile), TLS and HTTP/2 (copies).</summary>
+[Collection(SerialCollection.Name)]
 public sealed class LargeFileTests(ITestOutputHelper output, TestFiles files) : IClassFixture<TestFiles>
 {
     private const long Size = 1L << 30;

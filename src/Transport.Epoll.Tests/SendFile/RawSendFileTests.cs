@@ -8,7 +8,6 @@ namespace Transport.Epoll.Tests.SendFile;
 
 public sealed class RawSendFileTests(ITestOutputHelper output, TestFiles files) : IClassFixture<TestFiles>
 {
-    private readonly TestFiles _files = files;
 
     private static async Task<byte[]> AskAsync(Socket socket, string path, long offset, long count)
     {
@@ -32,7 +31,7 @@ public sealed class RawSendFileTests(ITestOutputHelper output, TestFiles files) 
     [InlineData(3_000_001)]
     public async Task Whole_files_arrive_byte_identical_between_the_bytes_written_around_them(long size)
     {
-        string path = _files.Create(size);
+        string path = files.Create(size);
         await using var server = await StartAsync();
         using var socket = await Client.ConnectAsync(server.EndPoint);
         var metrics = await TransportMetrics.CollectAsync(server, async () =>
@@ -47,7 +46,7 @@ public sealed class RawSendFileTests(ITestOutputHelper output, TestFiles files) 
     [Fact]
     public async Task Ranges_and_many_requests_on_one_connection_stay_in_order()
     {
-        string path = _files.Create(5_000_000);
+        string path = files.Create(5_000_000);
         await using var server = await StartAsync();
         using var socket = await Client.ConnectAsync(server.EndPoint);
         var random = new Random(7);
@@ -61,9 +60,22 @@ public sealed class RawSendFileTests(ITestOutputHelper output, TestFiles files) 
     }
 
     [Fact]
+    public async Task The_path_overload_opens_and_closes_the_file_itself()
+    {
+        string path = files.Create(123_457);
+        await using var server = await StartAsync(send: (connection, p, offset, count) =>
+            connection.Features.Get<IConnectionSendFileFeature>()!.SendFileAsync(p, offset, count));
+        using var socket = await Client.ConnectAsync(server.EndPoint);
+        Assert.Equal(TestFiles.Hash(path, 1000, 100_000), Client.Sha256(await AskAsync(socket, path, 1000, 100_000)));
+
+        // Closed after the call: no descriptor of the process still points at the file.
+        Assert.DoesNotContain(Directory.GetFiles("/proc/self/fd"), fd => new FileInfo(fd).LinkTarget == path);
+    }
+
+    [Fact]
     public async Task One_open_file_goes_to_many_connections_at_once()
     {
-        string path = _files.Create(2_000_000);
+        string path = files.Create(2_000_000);
         using var shared = File.OpenHandle(path);
         await using var server = await StartAsync(send: async (connection, _, offset, count) =>
             await connection.Features.Get<IConnectionSendFileFeature>()!.SendFileAsync(shared, offset, count));
