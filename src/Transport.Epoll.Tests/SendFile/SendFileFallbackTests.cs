@@ -202,4 +202,62 @@ public sealed class SendFileFallbackTests(ITestOutputHelper output, TestFiles fi
 
         Assert.True(received <= 1_500_000);
     }
+
+    [Fact]
+    public async Task Completing_the_output_while_a_file_is_in_flight_aborts_without_stalling_the_loop()
+    {
+        string path = files.Create(48 * 1024 * 1024);
+        var outcome = new TaskCompletionSource<(Exception? Error, EpollCloseReason Reason)>(TaskCreationOptions.RunContinuationsAsynchronously);
+        await using var server = await TestServer.StartAsync(new TestServerOptions
+        {
+            Transport = Transports.Epoll,
+            Epoll = o => o.ThreadCount = 1,
+            Output = output,
+            ConnectionHandler = async connection =>
+            {
+                // The first byte says what the connection is for: 'E' an echo, anything else the misused file send.
+                var first = await connection.Transport.Input.ReadAsync();
+                bool isEcho = first.Buffer.FirstSpan[0] == (byte)'E';
+                connection.Transport.Input.AdvanceTo(first.Buffer.GetPosition(1));
+                if (isEcho)
+                {
+                    await Handlers.EchoAsync(connection);
+                    return;
+                }
+
+                using var file = File.OpenHandle(path);
+
+                // A misuse: the send is not awaited, more is written and the output completed behind it.
+                Task send = connection.Features.Get<IConnectionSendFileFeature>()!.SendFileAsync(file, 0, 48 * 1024 * 1024);
+                await Task.Delay(100);
+                await connection.Transport.Output.WriteAsync("late"u8.ToArray());
+                await connection.Transport.Output.CompleteAsync();
+                Exception? error = null;
+                try
+                {
+                    await send.WaitAsync(Timeouts.Default);
+                }
+                catch (Exception ex)
+                {
+                    error = ex;
+                }
+
+                var epoll = connection.Features.Get<IEpollConnectionFeature>()!;
+                await Poll.UntilAsync(() => epoll.CloseReason != EpollCloseReason.None);
+                outcome.TrySetResult((error, epoll.CloseReason));
+            },
+        });
+
+        using var echo = await Client.ConnectAsync(server.EndPoint);
+        await echo.SendAllAsync("E");
+        using var misuse = await Client.ConnectAsync(server.EndPoint);
+        await misuse.SendAllAsync("F");
+        var (error, reason) = await outcome.Task.WithTimeout();
+        Assert.IsAssignableFrom<Microsoft.AspNetCore.Connections.ConnectionAbortedException>(error);
+        Assert.Equal(EpollCloseReason.Aborted, reason);
+
+        // The loop is alive: the other connection (the echo) still answers.
+        await echo.SendAllAsync("ping");
+        Assert.Equal("ping", Encoding.ASCII.GetString(await echo.ReceiveExactlyAsync(4)));
+    }
 }

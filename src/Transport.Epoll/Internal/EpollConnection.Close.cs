@@ -160,9 +160,10 @@ internal sealed partial class EpollConnection
             _output.Reader.AdvanceTo(result.Buffer.Start);
             return length;
         }
-        catch (Exception ex) when (ex is InvalidOperationException or IOException or ConnectionAbortedException)
+        catch (Exception)
         {
-            // The application completed its output with an error: there is nothing countable to report.
+            // The application completed its output with an error (TryRead rethrows it, whatever its type): there is
+            // nothing countable to report, and the abort must go on.
             return 0;
         }
     }

@@ -82,8 +82,8 @@ internal sealed partial class EpollConnection
             if (ZeroCopyPending)
             {
                 reader.AdvanceTo(result.Buffer.Start);
-                QuarantineOutput();
                 _sendCompleted = true;
+                ReleaseOutputAfterGrace();
                 return false;
             }
 
@@ -176,14 +176,16 @@ internal sealed partial class EpollConnection
             return false;
         }
 
+        if (result.IsCompleted && _fileJob is not null)
+        {
+            // The application completed its output without waiting for its SendFileAsync (or gave up on it). A
+            // completed pipe answers every read at once, so waiting for the job here would spin the loop.
+            AbortOnLoop(new ConnectionAbortedException("The output was completed while a file was being sent."), EpollCloseReason.Aborted);
+            return false;
+        }
+
         if (result.IsCompleted && _outputSent == bufferEnd)
         {
-            if (_fileJob is not null)
-            {
-                // The application completed its output without waiting for its SendFileAsync (or gave up on it).
-                AbortOnLoop(new ConnectionAbortedException("The output was completed while a file was being sent."), EpollCloseReason.Aborted);
-                return false;
-            }
 
             // The application completed its output and every byte is with the kernel: send FIN, keep reading
             // (half-close) until the peer's FIN or the application's end.
@@ -263,7 +265,8 @@ internal sealed partial class EpollConnection
             counters.Writes++;
             if (written > 0 && flags != 0)
             {
-                OnZeroCopySent(_outputSent + total);
+                // The kernel reads these pages after sendmsg returns: their pins move to the send's entry.
+                OnZeroCopySent(_outputSent + total, pins, count);
             }
 
             for (int i = 0; i < count; i++)
@@ -298,7 +301,6 @@ internal sealed partial class EpollConnection
 
     private void CompleteOutput(Exception? error)
     {
-        bool wasCompleted = _sendCompleted;
         _sendCompleted = true;
         _waitingForWritable = false;
         _zeroCopyClosePending = false;
@@ -306,12 +308,8 @@ internal sealed partial class EpollConnection
         {
             if (ZeroCopyPending)
             {
-                // The kernel may still read these buffers: they must not go back to the pool.
-                if (!wasCompleted)
-                {
-                    QuarantineOutput();
-                }
-
+                // The kernel may still read these buffers: they go back to the pool only after a grace period.
+                ReleaseOutputAfterGrace();
                 return;
             }
 

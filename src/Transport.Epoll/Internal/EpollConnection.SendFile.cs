@@ -114,11 +114,16 @@ internal sealed partial class EpollConnection
         }
 
         var canceled = new OperationCanceledException("SendFileAsync was cancelled.", token);
-        bool untouched = !job.Started && !_fileWorkerBusy && (job.StreamPosition < 0 || _outputSent <= job.StreamPosition);
+        // Untouched: no file byte out, no worker in sendfile, and (for an HTTP job) no placeholder written yet: once
+        // Accepted told the caller to write them, they could only be skipped by this job, never sent.
+        bool untouched = !job.Started && !_fileWorkerBusy
+            && (!job.HasPlaceholders || !job.Accepted.Task.IsCompleted)
+            && (job.StreamPosition < 0 || _outputSent <= job.StreamPosition);
         _fileJob = null;
         job.Fail(canceled);
         if (untouched)
         {
+            _fileWaitingForWritable = false;
             // Nothing of the file went out: the connection goes on; bytes written after the job may follow.
             if (_outputReadPending)
             {
@@ -218,7 +223,7 @@ internal sealed partial class EpollConnection
             long slice = Math.Min(job.Remaining, budget);
             // Once a slice was cold, the rest of the job goes to workers too: readahead puts pages in the cache before
             // their reads complete, so cachestat counts them while a sendfile would still wait for the disk.
-            if ((job.Cold || !IsInPageCache(job.FileFd, job.Offset, slice)) && StartFileWorker(job, slice))
+            if ((job.Cold || !IsInPageCache(job, slice)) && StartFileWorker(job, slice))
             {
                 return FileStep.Waiting;
             }
@@ -271,7 +276,7 @@ internal sealed partial class EpollConnection
             return FileStep.Waiting;
         }
 
-        if (error is Error.EINVAL or Error.ENOSYS or Error.EOPNOTSUPP && !job.Started)
+        if (error is Error.EINVAL or Error.ENOSYS or Error.EOPNOTSUPP && !job.Started && !job.Accepted.Task.IsCompleted)
         {
             // sendfile(2): "EINVAL ... an mmap(2)-like operation is not available for in_fd": the caller copies.
             EpollLog.SendFileNotSupported(_logger, ConnectionId, Errno.Describe(error));
@@ -345,14 +350,19 @@ internal sealed partial class EpollConnection
         Exception other => new ConnectionAbortedException("The connection closed before the file was sent.", other),
     };
 
-    private static bool IsInPageCache(int fileFd, long offset, long length)
+    /// <summary>
+    /// Whether the next <paramref name="length"/> bytes of the job's file are in the page cache. When the kernel cannot
+    /// tell (ENOSYS before 6.5; EPERM where it limits cachestat to files the caller may write; other file systems), the
+    /// answer is no: the file goes through workers, which is never wrong, only a thread hop per slice.
+    /// </summary>
+    private static bool IsInPageCache(SendFileJob job, long length)
     {
         if (s_cacheStatUnavailable)
         {
             return false;
         }
 
-        if (Libc.TryCountCachedPages(fileFd, offset, length, out long cached, out long total))
+        if (Libc.TryCountCachedPages(job.FileFd, job.Offset, length, out long cached, out long total))
         {
             return cached >= total;
         }
@@ -362,6 +372,8 @@ internal sealed partial class EpollConnection
             s_cacheStatUnavailable = true;
         }
 
+        // Asking again for each slice of this file would fail again.
+        job.Cold = true;
         return false;
     }
 

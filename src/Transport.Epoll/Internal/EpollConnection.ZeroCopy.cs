@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.IO.Pipelines;
 using Transport.Epoll.Interop;
 
@@ -6,26 +7,46 @@ namespace Transport.Epoll.Internal;
 /// <summary>
 /// MSG_ZEROCOPY sends. The kernel reads a zero-copy send's pages after sendmsg returns, so its bytes stay in the output
 /// pipe (sent, not consumed) until the completion for it arrives on the socket's error queue; the pipe then releases
-/// them. A connection turns zero-copy off when the kernel says it copied anyway, or sendmsg says ENOBUFS. A graceful
-/// close waits, bounded, for the outstanding completions; a connection that closes without them never gives its
-/// buffers back to the pool (see <see cref="ZeroCopyQuarantine"/>).
+/// them, and they stay pinned (the GC must not move memory the kernel reads). A connection turns zero-copy off when
+/// the kernel says it copied anyway, or sendmsg says ENOBUFS. A graceful close waits, bounded, for the outstanding
+/// completions. A connection that closes without them (a reset, an abort, that wait running out) was reset, which
+/// purges the socket's send queue; its buffers go back to the pool only after <see cref="s_zeroCopyReleaseGrace"/>, for
+/// the packets a network card may still be reading.
 /// </summary>
 internal sealed partial class EpollConnection
 {
     /// <summary>How long a graceful close waits for the kernel's last completions before it resets the connection.</summary>
     private static readonly TimeSpan s_zeroCopyDrainTimeout = TimeSpan.FromSeconds(2);
 
+    /// <summary>How long after a reset the buffers of unfinished zero-copy sends stay out of the pool.</summary>
+    private static readonly TimeSpan s_zeroCopyReleaseGrace = TimeSpan.FromSeconds(1);
+
     private static readonly Action<object?> s_zeroCopyDrainExpired = static state => ((EpollConnection)state!).OnZeroCopyDrainExpired();
+
+    private static readonly Action<object?> s_zeroCopyReleaseOutput = static state => ((EpollConnection)state!).ReleaseZeroCopyOutput();
 
     private bool _zeroCopyOn;
     private bool _zeroCopyTried;
     private bool _zeroCopyUsed;
     private bool _zeroCopyClosePending;
+    private bool _zeroCopyReleaseScheduled;
     private uint _zeroCopyNextId;
     private Queue<ZeroCopySend>? _zeroCopyInFlight;
 
-    /// <summary>One zero-copy sendmsg: its number in the kernel's per-socket counter and where its bytes start.</summary>
-    private readonly record struct ZeroCopySend(uint Id, long StreamPosition);
+    /// <summary>One zero-copy sendmsg: its number in the kernel's per-socket counter, where its bytes start, and the
+    /// pins of its memory (rented array, first <c>PinCount</c> used), released at its completion.</summary>
+    private readonly record struct ZeroCopySend(uint Id, long StreamPosition, MemoryHandle[] Pins, int PinCount)
+    {
+        public void Unpin()
+        {
+            for (int i = 0; i < PinCount; i++)
+            {
+                Pins[i].Dispose();
+            }
+
+            ArrayPool<MemoryHandle>.Shared.Return(Pins, clearArray: true);
+        }
+    }
 
     private bool ZeroCopyPending => _zeroCopyInFlight is { Count: > 0 };
 
@@ -56,11 +77,15 @@ internal sealed partial class EpollConnection
         return _zeroCopyOn;
     }
 
-    /// <summary>A zero-copy sendmsg took <paramref name="streamPosition"/> onwards: hold its bytes until its completion.</summary>
-    private void OnZeroCopySent(long streamPosition)
+    /// <summary>A zero-copy sendmsg took <paramref name="streamPosition"/> onwards: hold its bytes, and keep the
+    /// <paramref name="count"/> pins of its memory, until its completion.</summary>
+    private void OnZeroCopySent(long streamPosition, MemoryHandle[] pins, int count)
     {
+        MemoryHandle[] kept = ArrayPool<MemoryHandle>.Shared.Rent(count);
+        Array.Copy(pins, kept, count);
+        Array.Clear(pins, 0, count);
         _zeroCopyInFlight ??= new Queue<ZeroCopySend>();
-        _zeroCopyInFlight.Enqueue(new ZeroCopySend(_zeroCopyNextId++, streamPosition));
+        _zeroCopyInFlight.Enqueue(new ZeroCopySend(_zeroCopyNextId++, streamPosition, kept, count));
         _zeroCopyUsed = true;
         Loop.Counters.ZeroCopySends++;
     }
@@ -121,7 +146,7 @@ internal sealed partial class EpollConnection
             uint span = completion.Last - completion.First;
             while (inFlight is { Count: > 0 } && inFlight.Peek().Id - completion.First <= span)
             {
-                inFlight.Dequeue();
+                inFlight.Dequeue().Unpin();
                 released = true;
             }
         }
@@ -164,47 +189,36 @@ internal sealed partial class EpollConnection
         _zeroCopyClosePending = false;
         EpollLog.ZeroCopyCompletionsTimedOut(_logger, ConnectionId, _zeroCopyInFlight?.Count ?? 0, (long)s_zeroCopyDrainTimeout.TotalMilliseconds);
 
-        // A reset purges the socket's send queue, so the kernel lets go of the pages; the buffers are quarantined.
+        // A reset purges the socket's send queue, so the kernel lets go of the pages (see ReleaseOutputAfterGrace).
         AbortOnLoop(new Microsoft.AspNetCore.Connections.ConnectionAbortedException("The kernel did not complete the connection's zero-copy sends in time."), EpollCloseReason.Aborted);
     }
 
-    /// <summary>Instead of completing the output reader (which returns its memory to the pool), keep the pipe away.</summary>
-    private void QuarantineOutput() => ZeroCopyQuarantine.Hold(_output);
-}
-
-/// <summary>
-/// Output pipes of connections that closed while the kernel had not completed their zero-copy sends. Their memory is
-/// never returned to the pool (another connection could be handed a page the kernel still reads); they are held here
-/// for a while and then left to the garbage collector.
-/// </summary>
-internal static class ZeroCopyQuarantine
-{
-    private static readonly TimeSpan s_hold = TimeSpan.FromSeconds(60);
-    private static readonly Lock s_lock = new();
-    private static readonly Queue<(Pipe Pipe, long Until)> s_held = new();
-
-    public static int Count
+    /// <summary>
+    /// The connection closed with zero-copy sends the kernel never completed. The close was a reset, which purges the
+    /// socket's send queue, but a network card may still be reading packets it was handed: the output pipe (whose
+    /// completion returns its memory to the pool) is completed a grace period later, and the pins are kept until then.
+    /// </summary>
+    private void ReleaseOutputAfterGrace()
     {
-        get
+        if (_zeroCopyReleaseScheduled)
         {
-            lock (s_lock)
-            {
-                return s_held.Count;
-            }
+            return;
         }
+
+        _zeroCopyReleaseScheduled = true;
+        Loop.RunAfter((long)s_zeroCopyReleaseGrace.TotalMilliseconds, s_zeroCopyReleaseOutput, this);
     }
 
-    public static void Hold(Pipe pipe)
+    private void ReleaseZeroCopyOutput()
     {
-        long now = Environment.TickCount64;
-        lock (s_lock)
+        if (_zeroCopyInFlight is { } inFlight)
         {
-            while (s_held.Count > 0 && s_held.Peek().Until <= now)
+            while (inFlight.Count > 0)
             {
-                s_held.Dequeue();
+                inFlight.Dequeue().Unpin();
             }
-
-            s_held.Enqueue((pipe, now + (long)s_hold.TotalMilliseconds));
         }
+
+        _output.Reader.Complete();
     }
 }

@@ -25,7 +25,11 @@ internal sealed class SendFileJob
         Offset = offset;
         Remaining = count;
         PlaceholdersLeft = placeholders;
+        HasPlaceholders = placeholders > 0;
     }
+
+    /// <summary>The job stands for placeholder bytes in the pipe (an HTTP response), which must never be sent.</summary>
+    public bool HasPlaceholders { get; }
 
     public SafeFileHandle File { get; }
 
