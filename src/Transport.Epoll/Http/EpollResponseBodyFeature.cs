@@ -17,7 +17,7 @@ internal sealed class EpollResponseBodyFeature(HttpContext context, IHttpRespons
 {
     /// <summary>Placeholder bytes per Kestrel write: few round trips with the loop, and a bounded buffer (the pipe's
     /// pause threshold stops the writer until the loop skips them).</summary>
-    private const int PlaceholderChunk = 256 * 1024;
+    private const int PlaceholderChunk = 1024 * 1024;
 
     public IHttpResponseBodyFeature Inner => inner;
 
