@@ -17,6 +17,7 @@ namespace Transport.Epoll.Tests.SendFile;
 /// HTTP responses through UseEpollSendFile: the same bytes as Kestrel's copy, with Content-Length and keep-alive
 /// intact, and the fast path taken exactly when it is safe (the metrics tell which path carried the bytes).
 /// </summary>
+[Collection(SerialCollection.Name)]
 public sealed class HttpSendFileTests(ITestOutputHelper output, TestFiles files) : IClassFixture<TestFiles>
 {
     private Task<TestServer> StartAsync(Action<ListenOptions>? listen = null, Action<WebApplication>? before = null, Action<WebApplicationBuilder>? builder = null, Action<EpollTransportOptions>? epoll = null)

@@ -12,6 +12,7 @@ namespace Transport.Epoll.Tests.SendFile;
 /// does), which must turn zero-copy off for the connection; until each completion arrives the bytes stay held.
 /// The checks are the completion handling and the integrity of every byte; a speed-up cannot show here.
 /// </summary>
+[Collection(SerialCollection.Name)]
 public sealed class ZeroCopyTests(ITestOutputHelper output)
 {
     /// <summary>Sends <c>size</c> seeded bytes in writes of 256 KiB, then completes the output (graceful close).</summary>
