@@ -795,9 +795,7 @@ class Bench:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def med(values):
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else None
+med = run.median_or_none
 
 
 def summarize(samples, loads, variants) -> dict:

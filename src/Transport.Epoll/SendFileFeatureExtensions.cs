@@ -16,12 +16,18 @@ public static class SendFileFeatureExtensions
         ArgumentNullException.ThrowIfNull(feature);
         ArgumentException.ThrowIfNullOrEmpty(path);
         using SafeFileHandle file = File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
+        await feature.SendFileAsync(file, offset, RangeSize(file, offset, count), cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>The byte count of <c>[offset, offset + count)</c> of the file (to its end when null), checked against its length.</summary>
+    internal static long RangeSize(SafeFileHandle file, long offset, long? count)
+    {
         long length = RandomAccess.GetLength(file);
         ArgumentOutOfRangeException.ThrowIfNegative(offset);
         ArgumentOutOfRangeException.ThrowIfGreaterThan(offset, length);
         long size = count ?? length - offset;
         ArgumentOutOfRangeException.ThrowIfNegative(size, nameof(count));
         ArgumentOutOfRangeException.ThrowIfGreaterThan(size, length - offset, nameof(count));
-        await feature.SendFileAsync(file, offset, size, cancellationToken).ConfigureAwait(false);
+        return size;
     }
 }

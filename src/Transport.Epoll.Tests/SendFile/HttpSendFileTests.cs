@@ -185,31 +185,24 @@ public sealed class HttpSendFileTests(ITestOutputHelper output, TestFiles files)
         Assert.Equal(0, metrics.GetValueOrDefault("epoll.sendfile.bytes"));
     }
 
-    [Fact]
-    public async Task TLS_falls_back_with_identical_bytes()
+    [Theory]
+    [InlineData("tls")]
+    [InlineData("h2c")]
+    public async Task TLS_and_HTTP2_fall_back_with_identical_bytes(string protocol)
     {
-        await using var server = await StartAsync(listen: l => l.UseHttps(TestCertificate.Instance));
-        using var client = HttpClients.Create(server.Address("https"));
-        var metrics = await TransportMetrics.CollectAsync(server, async () =>
+        bool tls = protocol == "tls";
+        await using var server = await StartAsync(listen: l =>
         {
-            foreach (long size in new long[] { 0, 1, 4097, 2_500_000 })
+            if (tls)
             {
-                string path = files.Create(size);
-                string name = Path.GetFileName(path);
-                foreach (string url in new[] { $"/result/{name}", $"/static/{name}", $"/send/{name}" })
-                {
-                    Assert.Equal(TestFiles.Hash(path, 0, size), Client.Sha256(await client.GetByteArrayAsync(url)));
-                }
+                l.UseHttps(TestCertificate.Instance);
+            }
+            else
+            {
+                l.Protocols = HttpProtocols.Http2;
             }
         });
-        Assert.Equal(0, metrics.GetValueOrDefault("epoll.sendfile.bytes"));
-    }
-
-    [Fact]
-    public async Task HTTP2_falls_back_with_identical_bytes()
-    {
-        await using var server = await StartAsync(listen: l => l.Protocols = HttpProtocols.Http2);
-        using var client = HttpClients.Create(server.BaseAddress, HttpVersion.Version20);
+        using var client = tls ? HttpClients.Create(server.Address("https")) : HttpClients.Create(server.BaseAddress, HttpVersion.Version20);
         var metrics = await TransportMetrics.CollectAsync(server, async () =>
         {
             foreach (long size in new long[] { 0, 1, 4097, 2_500_001 })

@@ -40,12 +40,7 @@ internal sealed class EpollResponseBodyFeature(HttpContext context, IHttpRespons
         }
 
         using SafeFileHandle file = File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
-        long length = RandomAccess.GetLength(file);
-        ArgumentOutOfRangeException.ThrowIfNegative(offset);
-        ArgumentOutOfRangeException.ThrowIfGreaterThan(offset, length);
-        long size = count ?? length - offset;
-        ArgumentOutOfRangeException.ThrowIfNegative(size, nameof(count));
-        ArgumentOutOfRangeException.ThrowIfGreaterThan(size, length - offset, nameof(count));
+        long size = SendFileFeatureExtensions.RangeSize(file, offset, count);
 
         HttpResponse response = context.Response;
         if (!EpollConnection.IsRegularFile(file) || !CanFrameWithContentLength(response, size))
