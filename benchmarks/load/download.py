@@ -18,7 +18,7 @@ Samples during which other processes used the CPU are dropped and measured again
   python3 benchmarks/load/download.py             # 3 rounds, 256 MiB, 4 s samples: 2.5 to 4 minutes
   python3 benchmarks/load/download.py --quick     # 1 round, 64 MiB, 2 s samples: under a minute
 
-Writes benchmarks/results/sendfile.md (also printed) and sendfile.json. See README.md next to this file.
+Writes benchmarks/load/results/sendfile.md (also printed) and sendfile.json. See README.md next to this file.
 Python 3.9+, standard library only, Linux only, loopback only.
 """
 
@@ -976,8 +976,8 @@ def parse_args(argv):
     p.add_argument("--no-build", action="store_true", help="use the sample already in .bin/WebApp")
     p.add_argument("--no-mlock", action="store_true",
                    help="do not lock the big file's pages in the page cache (mmap + mlock in this process)")
-    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results",
-                   help="results folder (default benchmarks/results/)")
+    p.add_argument("--out", type=Path, default=HERE / "results",
+                   help="results folder (default benchmarks/load/results/)")
     args = p.parse_args(argv)
     defaults = {"size_mib": (256, 64), "rounds": (3, 1), "window": (4.0, 2.0), "budget": (240.0, 60.0)}
     for key, (full, quick) in defaults.items():
