@@ -209,6 +209,7 @@ public sealed class SendFileFallbackTests(ITestOutputHelper output, TestFiles fi
     {
         string path = files.Create(48 * 1024 * 1024);
         var outcome = new TaskCompletionSource<(Exception? Error, EpollCloseReason Reason)>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var fileArriving = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         await using var server = await TestServer.StartAsync(new TestServerOptions
         {
             Transport = Transports.Epoll,
@@ -230,7 +231,9 @@ public sealed class SendFileFallbackTests(ITestOutputHelper output, TestFiles fi
 
                 // A misuse: the send is not awaited, more is written and the output completed behind it.
                 Task send = connection.Features.Get<IConnectionSendFileFeature>()!.SendFileAsync(file, 0, 48 * 1024 * 1024);
-                await Task.Delay(100);
+
+                // Once the client sees file bytes, the job is under way on the loop.
+                await fileArriving.Task.WaitAsync(Timeouts.Default);
                 await connection.Transport.Output.WriteAsync("late"u8.ToArray());
                 await connection.Transport.Output.CompleteAsync();
                 Exception? error = null;
@@ -253,6 +256,8 @@ public sealed class SendFileFallbackTests(ITestOutputHelper output, TestFiles fi
         await echo.SendAllAsync("E");
         using var misuse = await Client.ConnectAsync(server.EndPoint);
         await misuse.SendAllAsync("F");
+        Assert.True(await misuse.ReceiveOnceAsync(new byte[1]) > 0);
+        fileArriving.TrySetResult();
         var (error, reason) = await outcome.Task.WithTimeout();
         Assert.IsAssignableFrom<Microsoft.AspNetCore.Connections.ConnectionAbortedException>(error);
         Assert.Equal(EpollCloseReason.Aborted, reason);

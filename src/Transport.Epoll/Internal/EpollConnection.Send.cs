@@ -299,6 +299,16 @@ internal sealed partial class EpollConnection
         }
     }
 
+    /// <summary>Wakes a pending output read (its continuation then runs SendOutput with whatever the pipe holds): how
+    /// the loop makes the send side look again after a file job or a zero-copy completion changed what it may do.</summary>
+    private void RereadOutput()
+    {
+        if (_outputReadPending)
+        {
+            _output.Reader.CancelPendingRead();
+        }
+    }
+
     private void CompleteOutput(Exception? error)
     {
         _sendCompleted = true;

@@ -97,11 +97,9 @@ internal sealed partial class EpollConnection
         }
 
         _fileJob = job;
-        if (_outputReadPending)
-        {
-            // The send side waits for output: wake it to place the job (its read result holds every earlier byte).
-            _output.Reader.CancelPendingRead();
-        }
+
+        // The send side waits for output: wake it to place the job (its read result holds every earlier byte).
+        RereadOutput();
 
         // Otherwise earlier bytes wait for EPOLLOUT; the read that follows it places the job.
     }
@@ -125,10 +123,7 @@ internal sealed partial class EpollConnection
         {
             _fileWaitingForWritable = false;
             // Nothing of the file went out: the connection goes on; bytes written after the job may follow.
-            if (_outputReadPending)
-            {
-                _output.Reader.CancelPendingRead();
-            }
+            RereadOutput();
 
             return;
         }
@@ -176,7 +171,12 @@ internal sealed partial class EpollConnection
             return;
         }
 
-        FileStep step = job.FileDone ? FileStep.Done : PumpFile(job);
+        ApplyFileStep(job, job.FileDone ? FileStep.Done : PumpFile(job));
+    }
+
+    /// <summary>What a pump step outside SendOutput leads to: the job's end, the connection's, or nothing yet.</summary>
+    private void ApplyFileStep(SendFileJob job, FileStep step)
+    {
         switch (step)
         {
             case FileStep.Done when _outputSent == job.PlaceholderEnd:
@@ -184,11 +184,7 @@ internal sealed partial class EpollConnection
                 FinishFileJob(job, step == FileStep.Done ? SendFileOutcome.Sent : SendFileOutcome.NotSupported);
 
                 // Bytes written after the job may be waiting in the pipe (already looked at): read them again.
-                if (_outputReadPending)
-                {
-                    _output.Reader.CancelPendingRead();
-                }
-
+                RereadOutput();
                 break;
             case FileStep.Failed:
                 FailFileJob();
@@ -437,21 +433,11 @@ internal sealed partial class EpollConnection
         if (step == FileStep.Waiting)
         {
             ContinueFile();
-            return;
         }
-
-        if (step == FileStep.NotSupported)
+        else
         {
-            FinishFileJob(job, SendFileOutcome.NotSupported);
-            if (_outputReadPending)
-            {
-                _output.Reader.CancelPendingRead();
-            }
-
-            return;
+            ApplyFileStep(job, step);
         }
-
-        FailFileJob();
     }
 
     /// <summary>One slice of a file sent off the loop, on a duplicate of the socket's descriptor.</summary>

@@ -165,11 +165,8 @@ internal sealed partial class EpollConnection
             return;
         }
 
-        if (_outputReadPending)
-        {
-            // Wake the send side so it releases the completed bytes from the pipe (and the writer, if they held it).
-            _output.Reader.CancelPendingRead();
-        }
+        // Wake the send side so it releases the completed bytes from the pipe (and the writer, if they held it).
+        RereadOutput();
     }
 
     /// <summary>The application completed its output and everything is sent, but the kernel still reads some of it.</summary>
