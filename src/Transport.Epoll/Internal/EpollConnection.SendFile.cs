@@ -139,7 +139,6 @@ internal sealed partial class EpollConnection
         if (!job.Reached)
         {
             job.Reached = true;
-            job.PlaceholderEnd = job.StreamPosition + job.PlaceholdersLeft;
             step = PumpFile(job);
             if (step is FileStep.NotSupported or FileStep.Failed)
             {
@@ -153,11 +152,7 @@ internal sealed partial class EpollConnection
 
         // Placeholders stand for the file in the stream: they are consumed, never sent.
         long skipTo = Math.Min(bufferEnd, job.PlaceholderEnd);
-        if (_outputSent < skipTo)
-        {
-            job.PlaceholdersLeft -= skipTo - _outputSent;
-            _outputSent = skipTo;
-        }
+        _outputSent = Math.Max(_outputSent, skipTo);
 
         return step;
     }

@@ -24,12 +24,14 @@ internal sealed class SendFileJob
         File = file;
         Offset = offset;
         Remaining = count;
-        PlaceholdersLeft = placeholders;
-        HasPlaceholders = placeholders > 0;
+        Placeholders = placeholders;
     }
 
-    /// <summary>The job stands for placeholder bytes in the pipe (an HTTP response), which must never be sent.</summary>
-    public bool HasPlaceholders { get; }
+    /// <summary>Bytes that stand for the file in the output pipe (an HTTP response; 0 for a raw send): they are
+    /// skipped at their place in the stream, never sent.</summary>
+    public long Placeholders { get; }
+
+    public bool HasPlaceholders => Placeholders > 0;
 
     public SafeFileHandle File { get; }
 
@@ -42,14 +44,11 @@ internal sealed class SendFileJob
     /// <summary>File bytes not yet sent.</summary>
     public long Remaining { get; set; }
 
-    /// <summary>Bytes that stand for the file in the output pipe and are still to be skipped (HTTP only, else 0).</summary>
-    public long PlaceholdersLeft { get; set; }
-
     /// <summary>The output-stream position the file goes at; -1 until the loop first reads the pipe after taking the job.</summary>
     public long StreamPosition { get; set; } = -1;
 
-    /// <summary>The stream position just past the placeholders; set when the job is reached.</summary>
-    public long PlaceholderEnd { get; set; } = -1;
+    /// <summary>The stream position just past the placeholders (valid once <see cref="StreamPosition"/> is set).</summary>
+    public long PlaceholderEnd => StreamPosition + Placeholders;
 
     /// <summary>Every byte before <see cref="StreamPosition"/> is sent: the file is going out now.</summary>
     public bool Reached { get; set; }
