@@ -60,6 +60,16 @@ public sealed class EpollTransportOptions
     public bool UnsafePreferInlineScheduling { get; set; }
 
     /// <summary>
+    /// Lets a flush made on a thread other than the connection's loop (the thread pool, where the application runs by
+    /// default) write to the socket right there, when nothing else is being sent on that connection: one
+    /// <c>sendmsg</c> instead of waking the loop to make it. A partial write, an error or the output's end still go
+    /// to the loop. When <see langword="false"/>, every send is made by the loop.
+    /// </summary>
+    /// <remarks>Defaults to <see langword="true"/>. Not used with <see cref="ZeroCopyThreshold"/> (zero-copy sends
+    /// are always the loop's).</remarks>
+    public bool SendOnFlushingThread { get; set; } = true;
+
+    /// <summary>
     /// Sends files given to <see cref="IConnectionSendFileFeature.SendFileAsync"/> (and HTTP responses, with
     /// <c>UseEpollSendFile()</c>) with <c>sendfile(2)</c>, from the page cache to the socket without a copy through
     /// user space. When <see langword="false"/> the same calls read the file into the pipe in chunks.

@@ -1,5 +1,4 @@
 using System.Buffers;
-using System.Buffers.Binary;
 using System.Collections.Concurrent;
 using System.Diagnostics;
 using System.Net.Sockets;
@@ -249,7 +248,7 @@ public sealed class FloodTests(ITestOutputHelper output)
             var writer = connection.Transport.Output;
             int tag = -1;
             long offset = 0;
-            byte[] pending = new byte[Record.Size];
+            byte[] pending = new byte[TaggedRecord.Size];
             try
             {
                 // Echo, checking that everything this connection receives carries one tag.
@@ -261,10 +260,10 @@ public sealed class FloodTests(ITestOutputHelper output)
                         writer.Write(segment.Span);
                         foreach (byte b in segment.Span)
                         {
-                            pending[offset++ % Record.Size] = b;
-                            if (offset % Record.Size == 0)
+                            pending[offset++ % TaggedRecord.Size] = b;
+                            if (offset % TaggedRecord.Size == 0)
                             {
-                                int received = Record.Parse(pending);
+                                int received = TaggedRecord.Parse(pending);
                                 if (tag == -1)
                                 {
                                     tag = received;
@@ -294,7 +293,7 @@ public sealed class FloodTests(ITestOutputHelper output)
             if (tag >= 0)
             {
                 await Task.Yield();
-                byte[] late = Record.Repeat(tag, 64);
+                byte[] late = TaggedRecord.Repeat(tag, 64);
                 for (int i = 0; i < 8; i++)
                 {
                     try
@@ -324,7 +323,7 @@ public sealed class FloodTests(ITestOutputHelper output)
             while ((tag = Interlocked.Increment(ref nextTag)) <= Connections)
             {
                 using var socket = await Client.ConnectAsync(server.EndPoint);
-                byte[] records = Record.Repeat(tag, 16);
+                byte[] records = TaggedRecord.Repeat(tag, 16);
                 try
                 {
                     switch (tag % 4)
@@ -336,7 +335,7 @@ public sealed class FloodTests(ITestOutputHelper output)
                             await socket.SendAllAsync(records);
                             socket.Shutdown(SocketShutdown.Send);
                             byte[] all = await socket.ReceiveToEndAsync(timeout: Timeouts.Bulk);
-                            if (Record.Check(all, tag) is { } error)
+                            if (TaggedRecord.Check(all, tag) is { } error)
                             {
                                 clientErrors.Enqueue(error);
                             }
@@ -345,8 +344,8 @@ public sealed class FloodTests(ITestOutputHelper output)
                                 clientErrors.Enqueue($"connection of tag {tag}: only {all.Length} of {2 * records.Length} echoed bytes before EOF.");
                             }
 
-                            Interlocked.Add(ref verifiedRecords, all.Length / Record.Size);
-                            Interlocked.Add(ref lateRecordsSeen, (all.Length - (2 * records.Length)) / Record.Size);
+                            Interlocked.Add(ref verifiedRecords, all.Length / TaggedRecord.Size);
+                            Interlocked.Add(ref lateRecordsSeen, (all.Length - (2 * records.Length)) / TaggedRecord.Size);
                             break;
                         }
 
@@ -365,12 +364,12 @@ public sealed class FloodTests(ITestOutputHelper output)
                             // Reads part of its echo, checks it, then resets.
                             await socket.SendAllAsync(records);
                             byte[] some = await socket.ReceiveExactlyAsync(records.Length / 2, Timeouts.Bulk);
-                            if (Record.Check(some, tag) is { } error)
+                            if (TaggedRecord.Check(some, tag) is { } error)
                             {
                                 clientErrors.Enqueue(error);
                             }
 
-                            Interlocked.Add(ref verifiedRecords, some.Length / Record.Size);
+                            Interlocked.Add(ref verifiedRecords, some.Length / TaggedRecord.Size);
                             socket.Reset();
                             break;
                         }
@@ -388,6 +387,110 @@ public sealed class FloodTests(ITestOutputHelper output)
         Assert.True(serverErrors.IsEmpty, $"{serverErrors.Count} server connections received bytes that were not theirs:\n{string.Join('\n', serverErrors.Take(10))}");
         Assert.True(lateRecordsSeen > 0, "No late write reached its (half-closed) connection: the test did not exercise late writes.");
         Assert.True(Interlocked.Read(ref lateWrites) > Connections / 2, $"Only {lateWrites} late writes were issued.");
+    }
+
+    [Fact]
+    public async Task Aborts_and_resets_that_meet_sends_from_other_threads_never_hand_bytes_to_another_connection()
+    {
+        // Every server connection writes its tag from the thread pool as fast as it can (so its sends run on the
+        // flushing thread), while the connection ends under it: the client resets, closes unread, or the server
+        // aborts from yet another thread. The fds are reused all the time; every byte a client sees must be its own.
+        const int Connections = 1500;
+        const int Workers = 32;
+        const int MaxBytesPerConnection = 1024 * 1024;
+        await using var server = await TestServer.StartRawAsync(Transports.Epoll, async connection =>
+        {
+            var input = connection.Transport.Input;
+            var result = await input.ReadAtLeastAsync(TaggedRecord.Size);
+            if (result.Buffer.Length < TaggedRecord.Size)
+            {
+                return;
+            }
+
+            int tag = TaggedRecord.Parse(result.Buffer.Slice(0, TaggedRecord.Size).ToArray());
+            input.AdvanceTo(result.Buffer.End);
+            byte[] records = TaggedRecord.Repeat(tag, 4096); // 32 KiB flushes: large enough to be sent on the flushing thread
+            try
+            {
+                for (int written = 0, flushes = 0; written < MaxBytesPerConnection; written += records.Length, flushes++)
+                {
+                    if (tag % 3 == 2 && flushes == 4)
+                    {
+                        // The server's own abort, from a thread other than the writer's, while the writes go on.
+                        ThreadPool.UnsafeQueueUserWorkItem(c => c.Abort(new ConnectionAbortedException("test abort")), connection, preferLocal: false);
+                    }
+
+                    if ((await connection.Transport.Output.WriteAsync(records)).IsCompleted)
+                    {
+                        break;
+                    }
+                }
+            }
+            catch (Exception e) when (e is ConnectionResetException or ConnectionAbortedException or InvalidOperationException)
+            {
+            }
+        }, output: output);
+
+        int nextTag = 0;
+        long verified = 0;
+        var clientErrors = new ConcurrentQueue<string>();
+        await Task.WhenAll(Enumerable.Range(0, Workers).Select(_ => Task.Run(async () =>
+        {
+            int tag;
+            while ((tag = Interlocked.Increment(ref nextTag)) <= Connections)
+            {
+                using var socket = await Client.ConnectAsync(server.EndPoint);
+                try
+                {
+                    await socket.SendAllAsync(TaggedRecord.Repeat(tag, 1));
+                    byte[] some = tag % 3 == 2
+                        ? await ReceiveUntilEndOrResetAsync(socket, MaxBytesPerConnection + 1)
+                        : await socket.ReceiveExactlyAsync(16 * 1024, Timeouts.Bulk);
+                    int whole = some.Length - (some.Length % TaggedRecord.Size);
+                    if (TaggedRecord.Check(some[..whole], tag) is { } error)
+                    {
+                        clientErrors.Enqueue(error);
+                    }
+
+                    Interlocked.Add(ref verified, whole / TaggedRecord.Size);
+                    if (tag % 3 == 0)
+                    {
+                        socket.Reset();
+                    }
+                }
+                catch (SocketException)
+                {
+                    // The server's abort can reset a client before it reads anything.
+                }
+            }
+        }))).WithTimeout(Timeouts.Bulk * 2);
+
+        var metrics = await TransportMetrics.CollectAsync(server);
+        output.WriteLine($"{Connections} connections, {verified} records verified; sendmsg calls {metrics.GetValueOrDefault("epoll.syscalls.write")}, on flushing threads {metrics.GetValueOrDefault("epoll.writes.flushing_thread")}.");
+        Assert.True(clientErrors.IsEmpty, $"{clientErrors.Count} clients received bytes that were not theirs:\n{string.Join('\n', clientErrors.Take(10))}");
+        Assert.True(metrics.GetValueOrDefault("epoll.writes.flushing_thread") > Connections, "Hardly any send ran on a flushing thread: the race was not exercised.");
+        Assert.True(verified > Connections * 100L, $"Only {verified} records reached the clients.");
+    }
+
+    /// <summary>Reads until EOF or a reset, whichever ends the connection; what arrived before it.</summary>
+    private static async Task<byte[]> ReceiveUntilEndOrResetAsync(Socket socket, int maxBytes)
+    {
+        var received = new MemoryStream();
+        var buffer = new byte[64 * 1024];
+        using var cts = Timeouts.Cts(Timeouts.Bulk);
+        try
+        {
+            int n;
+            while ((n = await socket.ReceiveAsync(buffer, SocketFlags.None, cts.Token)) > 0 && received.Length < maxBytes)
+            {
+                received.Write(buffer, 0, n);
+            }
+        }
+        catch (SocketException e) when (e.SocketErrorCode == SocketError.ConnectionReset)
+        {
+        }
+
+        return received.ToArray();
     }
 
     /// <summary>Echo that takes a peer's reset as the end (Kestrel would log the exception of every reset connection).</summary>
@@ -430,49 +533,4 @@ public sealed class FloodTests(ITestOutputHelper output)
 
     private static async Task<int> SettledFdCountAsync() =>
         (int)await Poll.UntilStableAsync(() => ProcessInfo.OpenFdCount(), TimeSpan.FromMilliseconds(300));
-
-    /// <summary>An 8-byte record: the connection's tag and its complement, so a stray or torn record is recognized.</summary>
-    private static class Record
-    {
-        public const int Size = 8;
-
-        public static byte[] Repeat(int tag, int count)
-        {
-            var bytes = new byte[count * Size];
-            for (int i = 0; i < count; i++)
-            {
-                BinaryPrimitives.WriteInt32LittleEndian(bytes.AsSpan(i * Size), tag);
-                BinaryPrimitives.WriteInt32LittleEndian(bytes.AsSpan((i * Size) + 4), ~tag);
-            }
-
-            return bytes;
-        }
-
-        /// <summary>The tag of a record, or -2 for bytes that are not a record.</summary>
-        public static int Parse(ReadOnlySpan<byte> record)
-        {
-            int tag = BinaryPrimitives.ReadInt32LittleEndian(record);
-            return BinaryPrimitives.ReadInt32LittleEndian(record[4..]) == ~tag ? tag : -2;
-        }
-
-        /// <summary>Null when <paramref name="bytes"/> are whole records of <paramref name="tag"/>; else what is wrong.</summary>
-        public static string? Check(byte[] bytes, int tag)
-        {
-            if (bytes.Length % Size != 0)
-            {
-                return $"connection of tag {tag}: {bytes.Length} bytes, not whole records.";
-            }
-
-            for (int offset = 0; offset < bytes.Length; offset += Size)
-            {
-                int found = Parse(bytes.AsSpan(offset, Size));
-                if (found != tag)
-                {
-                    return $"connection of tag {tag}: the record at byte {offset} has tag {found} (raw {Convert.ToHexString(bytes, offset, Size)}).";
-                }
-            }
-
-            return null;
-        }
-    }
 }

@@ -148,6 +148,13 @@ internal sealed partial class EpollConnection
     /// <summary>What the application flushed that the kernel has not taken yet (on the loop, which owns the reader).</summary>
     private long UnsentOutputBytes()
     {
+        ShutOutFlushers();
+        if (_flusherHandedResult && !_sendCompleted)
+        {
+            // A flushing thread handed the loop a read it has not sent yet (EpollConnection.FlusherSend.cs).
+            return _readTask.Result.Buffer.Length - (_outputSent - _outputReleased);
+        }
+
         try
         {
             if (_sendCompleted || _outputReadPending || !_output.Reader.TryRead(out System.IO.Pipelines.ReadResult result))
@@ -231,6 +238,8 @@ internal sealed partial class EpollConnection
             _closeReason = EpollCloseReason.LocalClose;
         }
 
+        // A flushing thread inside sendmsg would write to whatever socket gets this number next.
+        ShutOutFlushers();
         Loop.Table.Remove(Id);
         Loop.RemoveConnection(this);
         Volatile.Write(ref _fd, -1);

@@ -66,15 +66,30 @@ internal sealed partial class EpollConnection
         }
         catch (Exception ex)
         {
-            // The application completed its output with an error: nothing sensible can follow on this stream.
             _readTask = default;
-            EpollLog.OutputFailed(_logger, ConnectionId, ex);
-            AbortOnLoop(new ConnectionAbortedException("The application completed the output with an error.", ex), EpollCloseReason.Error);
+            if (OnFlusher)
+            {
+                HandOverToLoop(exception: ex);
+            }
+            else
+            {
+                FailOutput(ex);
+            }
+
             return false;
         }
 
         _readTask = default;
         PipeReader reader = _output.Reader;
+        if (OnFlusher && (result.IsCompleted || _fileJob is not null || _fd < 0 || _sendCompleted
+            || result.Buffer.Length - (_outputSent - _outputReleased) < FlusherSendMinBytes))
+        {
+            // Not a case a flushing thread handles (a small flush, the end, a file job): the loop's SendOutput takes
+            // this very read result (see EpollConnection.FlusherSend.cs).
+            HandReadToLoop(result);
+            return false;
+        }
+
         if (_fd < 0 || _sendCompleted)
         {
             // Closed while the read was pending (abort, reset): the bytes are abandoned, except those the kernel may
@@ -145,7 +160,7 @@ internal sealed partial class EpollConnection
             if (written < pending.Length)
             {
                 // The kernel took part of it; the rest waits for EPOLLOUT (registered once, edge-triggered).
-                Loop.Counters.PartialWrites++;
+                CountPartialWrite();
                 RearmIfFaultInjected();
                 partial = true;
                 break;
@@ -160,7 +175,15 @@ internal sealed partial class EpollConnection
 
         if (error != Error.Success)
         {
-            OnSocketError(error);
+            if (OnFlusher)
+            {
+                HandOverToLoop(error);
+            }
+            else
+            {
+                OnSocketError(error);
+            }
+
             return false;
         }
 
@@ -172,7 +195,16 @@ internal sealed partial class EpollConnection
 
         if (partial)
         {
-            _waitingForWritable = true;
+            if (OnFlusher)
+            {
+                // EPOLLOUT is the loop's to watch: it writes the rest, and parks on EPOLLOUT if it too hits EAGAIN.
+                HandOverToLoop();
+            }
+            else
+            {
+                _waitingForWritable = true;
+            }
+
             return false;
         }
 
@@ -205,12 +237,50 @@ internal sealed partial class EpollConnection
         return true;
     }
 
+    /// <summary>The application completed its output with an error: nothing sensible can follow on this stream.</summary>
+    private void FailOutput(Exception ex)
+    {
+        EpollLog.OutputFailed(_logger, ConnectionId, ex);
+        AbortOnLoop(new ConnectionAbortedException("The application completed the output with an error.", ex), EpollCloseReason.Error);
+    }
+
+    private void CountPartialWrite()
+    {
+        if (OnFlusher)
+        {
+            Interlocked.Increment(ref Loop.FlusherCounters.PartialWrites);
+        }
+        else
+        {
+            Loop.Counters.PartialWrites++;
+        }
+    }
+
     /// <summary>sendmsg(2) (a writev with MSG_NOSIGNAL) straight from the pipe's segments. Returns the bytes the kernel took.</summary>
     private unsafe long WriteBuffer(in ReadOnlySequence<byte> buffer, out Error error)
     {
-        WriteScratch scratch = Loop.WriteScratch;
-        IOVector* vectors = scratch.Vectors;
-        MemoryHandle[] pins = scratch.Pins;
+        var tally = new SendTally();
+        long written;
+        if (Loop.IsCurrentThread)
+        {
+            WriteScratch scratch = Loop.WriteScratch;
+            written = WriteBuffer(buffer, scratch.Vectors, scratch.Pins, ref tally, out error);
+            Loop.Counters.AddLoopSends(tally);
+        }
+        else
+        {
+            // A flushing thread (EpollConnection.FlusherSend.cs): its iovecs and pins live on its own stack.
+            IOVector* vectors = stackalloc IOVector[WriteScratch.MaxSegments];
+            var pins = new FlusherPins();
+            written = WriteBuffer(buffer, vectors, pins, ref tally, out error);
+            Loop.FlusherCounters.AddFlusherSends(tally);
+        }
+
+        return written;
+    }
+
+    private unsafe long WriteBuffer(in ReadOnlySequence<byte> buffer, IOVector* vectors, Span<MemoryHandle> pins, ref SendTally tally, out Error error)
+    {
         long total = 0;
         error = Error.Success;
 
@@ -246,14 +316,13 @@ internal sealed partial class EpollConnection
             }
             while (written < 0 && Errno.Last == Error.EINTR);
 
-            LoopCounters counters = Loop.Counters;
             if (written < 0 && flags != 0 && Errno.Last == Error.ENOBUFS)
             {
                 // The pages a zero-copy send pins are charged to the socket's optmem (net.core.optmem_max): over it,
                 // this connection copies from now on, starting with this very send.
                 TurnZeroCopyOff("ENOBUFS");
                 flags = 0;
-                counters.Writes++;
+                tally.Writes++;
                 do
                 {
                     written = Libc.SendVectors(_fd, vectors, count);
@@ -262,7 +331,7 @@ internal sealed partial class EpollConnection
             }
 
             Error lastError = written < 0 ? Errno.Last : Error.Success;
-            counters.Writes++;
+            tally.Writes++;
             if (written > 0 && flags != 0)
             {
                 // The kernel reads these pages after sendmsg returns: their pins move to the send's entry.
@@ -282,7 +351,7 @@ internal sealed partial class EpollConnection
                 }
                 else
                 {
-                    counters.WouldBlock++;
+                    tally.WouldBlock++;
                     RearmIfFaultInjected();
                 }
 
@@ -290,7 +359,7 @@ internal sealed partial class EpollConnection
             }
 
             total += written;
-            counters.BytesSent += written;
+            tally.Bytes += written;
             _lastActivity = Loop.Now;
             if (written < batch)
             {
@@ -311,6 +380,8 @@ internal sealed partial class EpollConnection
 
     private void CompleteOutput(Exception? error)
     {
+        // The pipe's memory goes back to the pool below: no flushing thread may be sending from it.
+        ShutOutFlushers();
         _sendCompleted = true;
         _waitingForWritable = false;
         _zeroCopyClosePending = false;

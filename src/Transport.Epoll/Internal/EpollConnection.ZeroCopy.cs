@@ -79,11 +79,11 @@ internal sealed partial class EpollConnection
 
     /// <summary>A zero-copy sendmsg took <paramref name="streamPosition"/> onwards: hold its bytes, and keep the
     /// <paramref name="count"/> pins of its memory, until its completion.</summary>
-    private void OnZeroCopySent(long streamPosition, MemoryHandle[] pins, int count)
+    private void OnZeroCopySent(long streamPosition, Span<MemoryHandle> pins, int count)
     {
         MemoryHandle[] kept = ArrayPool<MemoryHandle>.Shared.Rent(count);
-        Array.Copy(pins, kept, count);
-        Array.Clear(pins, 0, count);
+        pins[..count].CopyTo(kept);
+        pins[..count].Clear();
         _zeroCopyInFlight ??= new Queue<ZeroCopySend>();
         _zeroCopyInFlight.Enqueue(new ZeroCopySend(_zeroCopyNextId++, streamPosition, kept, count));
         _zeroCopyUsed = true;

@@ -53,11 +53,12 @@ internal sealed partial class EpollConnection : ConnectionContext, IEpollHandler
             useSynchronizationContext: false));
 
         // Output: the application writes, the loop reads. Scheduling the reader on the loop is what defers sends
-        // to the end of the loop's turn, so responses produced together leave in one writev.
+        // to the end of the loop's turn, so responses produced together leave in one writev. A flush from another
+        // thread sends right there when it can (EpollConnection.FlusherSend.cs).
         long maxWrite = _context.MaxWriteBufferSize;
         _output = new Pipe(new PipeOptions(
             MemoryPool,
-            readerScheduler: loop,
+            readerScheduler: FlusherSendsEnabled ? new OutputScheduler(this) : loop,
             writerScheduler: _context.ApplicationScheduler,
             pauseWriterThreshold: maxWrite,
             resumeWriterThreshold: maxWrite / 2,

@@ -53,6 +53,7 @@ internal sealed unsafe partial class EpollLoop : PipeScheduler, IDisposable
         _logger = context.Logger;
         MemoryPool = context.CreateMemoryPool();
         Counters = context.Metrics.AddLoop();
+        FlusherCounters = context.Metrics.AddLoop();
         _idleTimeoutMs = (long)(context.Options.IdleTimeout?.TotalMilliseconds ?? 0);
         _idleScanIntervalMs = Math.Clamp(_idleTimeoutMs / 8, 1, 1000);
 
@@ -99,6 +100,9 @@ internal sealed unsafe partial class EpollLoop : PipeScheduler, IDisposable
 
     /// <summary>This loop's syscall and byte counts (written only by this thread).</summary>
     public LoopCounters Counters { get; }
+
+    /// <summary>The sends of this loop's connections made on the threads that flushed them (atomic adds).</summary>
+    public LoopCounters FlusherCounters { get; }
 
     /// <summary>
     /// <see cref="Environment.TickCount64"/> as of this turn's wake-up: what a read or write stores to "touch" its
@@ -269,6 +273,7 @@ internal sealed unsafe partial class EpollLoop : PipeScheduler, IDisposable
             NativeMemory.AlignedFree(events);
             WriteScratch.Dispose();
             Context.Metrics.RemoveLoop(Counters);
+            Context.Metrics.RemoveLoop(FlusherCounters);
             _ = Libc.close(_eventFd);
             _ = Libc.close(_epollFd);
             t_current = null;

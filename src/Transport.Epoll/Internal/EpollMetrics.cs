@@ -49,6 +49,7 @@ internal sealed class EpollMetrics : IDisposable
         _meter.CreateObservableCounter("epoll.syscalls.epoll_wait", () => Sum().EpollWaits, "{call}", "epoll_wait(2) calls.");
         _meter.CreateObservableCounter("epoll.events", () => Sum().Events, "{event}", "Events returned by epoll_wait.");
         _meter.CreateObservableCounter("epoll.eagain", () => Sum().WouldBlock, "{call}", "Reads and writes that returned EAGAIN.");
+        _meter.CreateObservableCounter("epoll.writes.flushing_thread", () => Sum().FlusherWrites, "{call}", "sendmsg(2) calls made on the thread that flushed instead of the loop (SendOnFlushingThread).");
         _meter.CreateObservableCounter("epoll.writes.partial", () => Sum().PartialWrites, "{call}", "Writes the kernel took only part of (the rest waits for EPOLLOUT).");
     }
 

@@ -4,6 +4,8 @@ namespace Transport.Epoll.Internal;
 /// One loop's running totals. Only the loop's thread writes them, with plain increments (no atomics, no shared cache
 /// line), and <see cref="EpollMetrics"/> sums them when a listener asks: counting costs nothing per syscall.
 /// 64-bit reads of these fields are atomic on every platform .NET runs on, so a reader never sees a torn value.
+/// Sends made on a flushing thread (see EpollConnection.FlusherSend.cs) go to a second instance per loop through
+/// <see cref="AddFlusherSends"/>, the one place that uses atomics: several such threads may count at once.
 /// </summary>
 internal sealed class LoopCounters
 {
@@ -13,6 +15,7 @@ internal sealed class LoopCounters
     public long Events;
     public long WouldBlock;
     public long PartialWrites;
+    public long FlusherWrites;
     public long BytesReceived;
     public long BytesSent;
     public long SendFileCalls;
@@ -22,6 +25,40 @@ internal sealed class LoopCounters
     public long ZeroCopyCompletions;
     public long ZeroCopyCopied;
 
+    /// <summary>Counts one flushing thread's sends (thread-safe; only on a loop's flusher instance).</summary>
+    public void AddFlusherSends(in SendTally tally)
+    {
+        if (tally.Writes != 0)
+        {
+            Interlocked.Add(ref Writes, tally.Writes);
+            Interlocked.Add(ref FlusherWrites, tally.Writes);
+        }
+
+        if (tally.Bytes != 0)
+        {
+            Interlocked.Add(ref BytesSent, tally.Bytes);
+        }
+
+        if (tally.WouldBlock != 0)
+        {
+            Interlocked.Add(ref WouldBlock, tally.WouldBlock);
+        }
+
+        if (tally.PartialWrites != 0)
+        {
+            Interlocked.Add(ref PartialWrites, tally.PartialWrites);
+        }
+    }
+
+    /// <summary>Counts the loop's own sends (plain adds: only the loop's thread writes this instance).</summary>
+    public void AddLoopSends(in SendTally tally)
+    {
+        Writes += tally.Writes;
+        BytesSent += tally.Bytes;
+        WouldBlock += tally.WouldBlock;
+        PartialWrites += tally.PartialWrites;
+    }
+
     public void AddTo(LoopCounters total)
     {
         total.Reads += Volatile.Read(ref Reads);
@@ -30,6 +67,7 @@ internal sealed class LoopCounters
         total.Events += Volatile.Read(ref Events);
         total.WouldBlock += Volatile.Read(ref WouldBlock);
         total.PartialWrites += Volatile.Read(ref PartialWrites);
+        total.FlusherWrites += Volatile.Read(ref FlusherWrites);
         total.BytesReceived += Volatile.Read(ref BytesReceived);
         total.BytesSent += Volatile.Read(ref BytesSent);
         total.SendFileCalls += Volatile.Read(ref SendFileCalls);
@@ -39,4 +77,13 @@ internal sealed class LoopCounters
         total.ZeroCopyCompletions += Volatile.Read(ref ZeroCopyCompletions);
         total.ZeroCopyCopied += Volatile.Read(ref ZeroCopyCopied);
     }
+}
+
+/// <summary>What one send pass did, counted locally and added to a loop's counters once at its end.</summary>
+internal struct SendTally
+{
+    public long Writes;
+    public long Bytes;
+    public long WouldBlock;
+    public long PartialWrites;
 }

@@ -29,3 +29,10 @@ internal sealed unsafe class WriteScratch : IDisposable
         Vectors = null;
     }
 }
+
+/// <summary>The pins of one writev made on a flushing thread, on that thread's stack (no allocation, nothing shared).</summary>
+[System.Runtime.CompilerServices.InlineArray(WriteScratch.MaxSegments)]
+internal struct FlusherPins
+{
+    private MemoryHandle _first;
+}
