@@ -164,6 +164,9 @@ public sealed class SendFileFallbackTests(ITestOutputHelper output, TestFiles fi
         var outcome = new TaskCompletionSource<(Exception? Error, EpollCloseReason Reason)>(TaskCreationOptions.RunContinuationsAsynchronously);
         await using var server = await TestServer.StartRawAsync(Transports.Epoll, async connection =>
         {
+            // Starts when the client says so: a reset that came before the client's connect completed would fail
+            // the connect instead of the reads this test checks.
+            await connection.Transport.Input.ReadAsync();
             using var file = File.OpenHandle(path);
             Exception? error = null;
             try
@@ -180,6 +183,7 @@ public sealed class SendFileFallbackTests(ITestOutputHelper output, TestFiles fi
             outcome.TrySetResult((error, epoll.CloseReason));
         }, epoll: o => o.EnableSendFile = sendFile, output: output);
         using var socket = await Client.ConnectAsync(server.EndPoint);
+        await socket.SendAllAsync("go");
         var (error, reason) = await outcome.Task.WithTimeout();
         Assert.IsType<IOException>(error);
 
