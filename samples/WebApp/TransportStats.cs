@@ -121,6 +121,8 @@ internal sealed class TransportStats : IDisposable
         json.WriteEndArray();
         json.WriteNumber("gcHeapBytes", GC.GetTotalMemory(forceFullCollection: false));
         json.WriteNumber("gcCollections", GC.CollectionCount(0));
+        json.WriteNumber("gcPauseMs", Math.Round(GC.GetTotalPauseDuration().TotalMilliseconds, 1));
+        json.WriteNumber("gcAllocatedBytes", GC.GetTotalAllocatedBytes(precise: false));
         json.WriteNumber("threadPoolThreads", ThreadPool.ThreadCount);
         json.WriteEndObject();
 
