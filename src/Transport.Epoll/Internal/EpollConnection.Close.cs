@@ -149,12 +149,6 @@ internal sealed partial class EpollConnection
     private long UnsentOutputBytes()
     {
         ShutOutFlushers();
-        if (_flusherHandedResult && !_sendCompleted)
-        {
-            // A flushing thread handed the loop a read it has not sent yet (EpollConnection.FlusherSend.cs).
-            return _readTask.Result.Buffer.Length - (_outputSent - _outputReleased);
-        }
-
         try
         {
             if (_sendCompleted || _outputReadPending || !_output.Reader.TryRead(out System.IO.Pipelines.ReadResult result))

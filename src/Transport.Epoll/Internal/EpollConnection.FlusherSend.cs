@@ -19,11 +19,11 @@ namespace Transport.Epoll.Internal;
 /// requests per second at 64 connections and 77% pipelined (benchmarks/README.md).
 ///
 /// And only the plain case runs there: a send that writes everything it was given. Anything else goes back to the
-/// loop: a small flush, the output's end or a file job hand the loop the read result itself
-/// (<see cref="HandReadToLoop"/>), so the loop sends exactly what it would have read; a partial write or EAGAIN
-/// (EPOLLOUT readiness is tracked on the loop), a socket error (closing is the loop's) or an exception from the
-/// application's side of the pipe hand over what happened (<see cref="HandOverToLoop"/>). Zero-copy connections never
-/// send here (their completions are the loop's).
+/// loop (<see cref="HandOverToLoop"/>), which reads the pipe again: a small flush, the output's end or a file job
+/// (nothing consumed: handing the loop the read result itself instead cost pipelining a second writev per batch, as
+/// the responses flushed after it were left for another read); a partial write or EAGAIN (EPOLLOUT readiness is
+/// tracked on the loop); a socket error (closing is the loop's) or an exception from the application's side of the
+/// pipe (the loop reports them). Zero-copy connections never send here (their completions are the loop's).
 ///
 /// Exclusion is a gate, <see cref="_flusherGate"/>: a flushing thread enters it with one compare-and-swap from
 /// Open, or does not enter and schedules the send on the loop as before. The loop never enters it; it closes it for
@@ -52,7 +52,6 @@ internal sealed partial class EpollConnection
     /// <summary>Why a flushing thread gave the send back to the loop; read by the loop in <see cref="ResumeSendOnLoop"/>.</summary>
     private Error _flusherError;
     private Exception? _flusherException;
-    private bool _flusherHandedResult;
 
     /// <summary>Whether flushes from other threads may send here: the option on, and zero-copy off (its state is the loop's).</summary>
     private bool FlusherSendsEnabled => _context.Options.SendOnFlushingThread && _context.Options.ZeroCopyThreshold is null;
@@ -102,29 +101,15 @@ internal sealed partial class EpollConnection
         _flusherHandOver = true;
     }
 
-    /// <summary>On a flushing thread, inside the gate: the loop sends <paramref name="result"/>, as if its own read had
-    /// returned it (the pipe's read stays open until the loop's AdvanceTo, so no other read can come in between).</summary>
-    private void HandReadToLoop(ReadResult result)
-    {
-        _readTask = new ValueTask<ReadResult>(result);
-        _flusherHandedResult = true;
-        _flusherHandOver = true;
-    }
-
-    /// <summary>On the loop, after a flushing thread handed over: send the read it handed, report its error, or carry on
-    /// reading the pipe (after a partial write).</summary>
+    /// <summary>On the loop, after a flushing thread handed over: report its error, or read the pipe again and send.</summary>
     private void ResumeSendOnLoop()
     {
         Error error = _flusherError;
         Exception? exception = _flusherException;
-        bool handedResult = _flusherHandedResult;
         _flusherError = Error.Success;
         _flusherException = null;
-        _flusherHandedResult = false;
         if (_fd < 0 || _sendCompleted)
         {
-            // Closed in between: CompleteOutput already completed the reader, the handed buffer with it.
-            _readTask = default;
             return;
         }
 
@@ -135,10 +120,6 @@ internal sealed partial class EpollConnection
         else if (error != Error.Success)
         {
             OnSocketError(error);
-        }
-        else if (handedResult)
-        {
-            OnOutputReadable();
         }
         else
         {

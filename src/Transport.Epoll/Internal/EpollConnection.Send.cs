@@ -84,9 +84,11 @@ internal sealed partial class EpollConnection
         if (OnFlusher && (result.IsCompleted || _fileJob is not null || _fd < 0 || _sendCompleted
             || result.Buffer.Length - (_outputSent - _outputReleased) < FlusherSendMinBytes))
         {
-            // Not a case a flushing thread handles (a small flush, the end, a file job): the loop's SendOutput takes
-            // this very read result (see EpollConnection.FlusherSend.cs).
-            HandReadToLoop(result);
+            // Not a case a flushing thread handles (a small flush, the end, a file job). Nothing consumed or examined:
+            // the loop reads again, and by then its read also takes what was flushed since (the next pipelined
+            // responses), so they leave in one writev (see EpollConnection.FlusherSend.cs).
+            reader.AdvanceTo(result.Buffer.Start);
+            HandOverToLoop();
             return false;
         }
 
