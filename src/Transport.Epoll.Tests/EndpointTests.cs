@@ -108,6 +108,24 @@ public sealed class EndpointTests(ITestOutputHelper output)
         await AssertAddressInUseAsync(new TestServerOptions { Transport = transport, EndPoints = [taken], ConfigureApp = TestApp.Map });
     }
 
+    [Theory, BothTransports]
+    public async Task A_taken_port_after_one_that_bound_still_fails_start_with_AddressInUseException(string transport)
+    {
+        // Kestrel binds the first endpoint, fails on the second, and unbinds the first with a cancelled token: the
+        // error the user sees must still be the taken port, not the cancelled unbind.
+        using var blocker = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        blocker.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        blocker.Listen();
+        var taken = (IPEndPoint)blocker.LocalEndPoint!;
+
+        await AssertAddressInUseAsync(new TestServerOptions
+        {
+            Transport = transport,
+            EndPoints = [new IPEndPoint(IPAddress.Loopback, 0), taken],
+            ConfigureApp = TestApp.Map,
+        });
+    }
+
     [Theory]
     [InlineData(EpollAcceptDistribution.ReusePort)]
     [InlineData(EpollAcceptDistribution.Exclusive)]

@@ -203,6 +203,12 @@ internal sealed class EpollConnectionListener : IConnectionListener
         {
             // A loop that is stopping runs no more work; it removes its registrations itself as it stops.
         }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+        {
+            // Only the wait is given up: the loops still remove their registrations, and the rest of the unbind must
+            // run. Kestrel passes an already cancelled token when another endpoint failed to bind during start-up
+            // (it disposes the listeners it bound): throwing here would replace that AddressInUseException.
+        }
 
         _accepted.Writer.TryComplete();
         while (_accepted.Reader.TryRead(out EpollConnection? connection))
