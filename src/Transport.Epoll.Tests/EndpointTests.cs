@@ -100,9 +100,7 @@ public sealed class EndpointTests(ITestOutputHelper output)
     [Theory, BothTransports]
     public async Task A_port_that_is_taken_fails_start_with_AddressInUseException(string transport)
     {
-        using var blocker = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-        blocker.Bind(new IPEndPoint(IPAddress.Loopback, 0));
-        blocker.Listen();
+        using var blocker = ListenOnLoopback();
         var taken = (IPEndPoint)blocker.LocalEndPoint!;
 
         await AssertAddressInUseAsync(new TestServerOptions { Transport = transport, EndPoints = [taken], ConfigureApp = TestApp.Map });
@@ -113,9 +111,7 @@ public sealed class EndpointTests(ITestOutputHelper output)
     {
         // Kestrel binds the first endpoint, fails on the second, and unbinds the first with a cancelled token: the
         // error the user sees must still be the taken port, not the cancelled unbind.
-        using var blocker = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-        blocker.Bind(new IPEndPoint(IPAddress.Loopback, 0));
-        blocker.Listen();
+        using var blocker = ListenOnLoopback();
         var taken = (IPEndPoint)blocker.LocalEndPoint!;
 
         await AssertAddressInUseAsync(new TestServerOptions
@@ -131,9 +127,7 @@ public sealed class EndpointTests(ITestOutputHelper output)
     [InlineData(EpollAcceptDistribution.Exclusive)]
     public async Task A_port_taken_by_a_socket_without_SO_REUSEPORT_fails_start_whatever_the_accept_distribution(EpollAcceptDistribution distribution)
     {
-        using var blocker = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-        blocker.Bind(new IPEndPoint(IPAddress.Loopback, 0));
-        blocker.Listen();
+        using var blocker = ListenOnLoopback();
         var taken = (IPEndPoint)blocker.LocalEndPoint!;
 
         await AssertAddressInUseAsync(new TestServerOptions
@@ -307,6 +301,15 @@ public sealed class EndpointTests(ITestOutputHelper output)
         }
 
         Assert.Equal(500, server.ConnectionCount);
+    }
+
+    /// <summary>A plain listening socket on a free loopback port (no SO_REUSEPORT): the port a server must fail to take.</summary>
+    private static Socket ListenOnLoopback()
+    {
+        var socket = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        socket.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        socket.Listen();
+        return socket;
     }
 
     private static async Task AssertAddressInUseAsync(TestServerOptions options)

@@ -49,6 +49,9 @@ internal sealed partial class EpollConnection
 
     private int _flusherGate;
 
+    /// <summary>Set by a flushing thread inside the gate when the loop must take over; read by the same thread as it leaves.</summary>
+    private bool _flusherHandOver;
+
     /// <summary>Why a flushing thread gave the send back to the loop; read by the loop in <see cref="ResumeSendOnLoop"/>.</summary>
     private Error _flusherError;
     private Exception? _flusherException;
@@ -90,8 +93,6 @@ internal sealed partial class EpollConnection
             }
         }
     }
-
-    private bool _flusherHandOver;
 
     /// <summary>On a flushing thread, inside the gate: the rest of this send is the loop's (see the class comment).</summary>
     private void HandOverToLoop(Error error = Error.Success, Exception? exception = null)
