@@ -95,7 +95,7 @@ app.MapGet("/plaintext", new RequestDelegate(SampleEndpoints.Plaintext));
 app.MapGet("/json", new RequestDelegate(SampleEndpoints.Json));
 app.MapPost("/echo", new RequestDelegate(SampleEndpoints.Echo));
 app.MapGet("/files/{name}", (string name) => SampleEndpoints.File(name));
-app.MapGet("/connection", SampleEndpoints.Connection);
+app.MapGet("/connection", (Func<HttpContext, Task<string>>)SampleEndpoints.Connection);
 app.MapGet("/slow", new RequestDelegate(SampleEndpoints.Slow));
 app.MapGet("/stats", new RequestDelegate(stats.WriteAsync));
 

@@ -122,9 +122,9 @@ internal static class SampleEndpoints
     /// What the transport says about this request's connection: HTTP request features fall back to the connection's,
     /// so <see cref="IEpollConnectionFeature"/> is there on the epoll transport, and absent on Sockets.
     /// </summary>
-    public static string Connection(HttpContext context)
+    public static async Task<string> Connection(HttpContext context)
         => context.Features.Get<IEpollConnectionFeature>() is { } epoll
-            ? $"transport=epoll connection={context.Connection.Id} id={epoll.Id:x16} fd={epoll.FileDescriptor} loop={epoll.LoopIndex}\n"
+            ? $"transport=epoll connection={context.Connection.Id} id={epoll.Id:x16} fd={await epoll.WithSocketAsync(static fd => fd)} loop={epoll.LoopIndex}\n"
             : $"transport=other connection={context.Connection.Id}\n";
 
     /// <summary>

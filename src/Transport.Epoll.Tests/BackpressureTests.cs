@@ -168,7 +168,7 @@ public sealed class BackpressureTests(ITestOutputHelper output)
             if (connection.Features.Get<IEpollConnectionFeature>() is { } epoll)
             {
                 // A tiny SO_SNDBUF on the server's socket as well (only epoll exposes the fd).
-                Assert.Equal(0, Libc.SetIntOption(epoll.FileDescriptor, Libc.SOL_SOCKET, Libc.SO_SNDBUF, 4096));
+                Assert.Equal(0, await epoll.WithSocketAsync(static fd => Libc.SetIntOption(fd, Libc.SOL_SOCKET, Libc.SO_SNDBUF, 4096)));
             }
 
             // Large writes into a 4 KiB window: the transport's sends are partial most of the time.

@@ -30,7 +30,7 @@ public sealed class ConnectionIdTests(ITestOutputHelper output)
             var closed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
             using var registration = connection.ConnectionClosed.Register(() => closed.TrySetResult());
             var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-            accepted.Writer.TryWrite(new Accepted(connection, feature, feature.Id, feature.FileDescriptor, closed.Task, release));
+            accepted.Writer.TryWrite(new Accepted(connection, feature, feature.Id, await feature.WithSocketAsync(static fd => fd), closed.Task, release));
             try
             {
                 await Handlers.EchoAsync(connection);
@@ -56,7 +56,7 @@ public sealed class ConnectionIdTests(ITestOutputHelper output)
             using var clientB = new Socket(server.IPEndPoint.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
             clientA.Reset();
             await a.Closed.WithTimeout();
-            Assert.True(await Poll.UntilAsync(() => a.Feature.FileDescriptor == -1), "A's feature still reports an fd after ConnectionClosed.");
+            await Assert.ThrowsAsync<ObjectDisposedException>(() => a.Feature.WithSocketAsync(static fd => fd).WithTimeout());
             Assert.Equal(EpollCloseReason.PeerReset, a.Feature.CloseReason);
 
             // Fill every free fd below A's, so A's is the lowest free one (the kernel hands out the lowest).
@@ -112,7 +112,7 @@ public sealed class ConnectionIdTests(ITestOutputHelper output)
             Assert.Equal(0, clientB.Available);
             Assert.False(b.Closed.IsCompleted, "B was closed by late work for A.");
             Assert.Equal(EpollCloseReason.None, b.Feature.CloseReason);
-            Assert.Equal(a.Fd, b.Feature.FileDescriptor);
+            Assert.Equal(a.Fd, await b.Feature.WithSocketAsync(static fd => fd).WithTimeout());
 
             // And B still closes normally.
             clientB.Shutdown(SocketShutdown.Send);
@@ -127,15 +127,16 @@ public sealed class ConnectionIdTests(ITestOutputHelper output)
     public async Task Connection_ids_are_never_reused_even_when_fds_are()
     {
         var seen = new List<(ulong Id, int Fd, string ConnectionId)>();
-        await using var server = await TestServer.StartRawAsync(Transports.Epoll, connection =>
+        await using var server = await TestServer.StartRawAsync(Transports.Epoll, async connection =>
         {
             var feature = connection.Features.Get<IEpollConnectionFeature>()!;
+            int fd = await feature.WithSocketAsync(static fd => fd);
             lock (seen)
             {
-                seen.Add((feature.Id, feature.FileDescriptor, connection.ConnectionId));
+                seen.Add((feature.Id, fd, connection.ConnectionId));
             }
 
-            return Handlers.EchoAsync(connection);
+            await Handlers.EchoAsync(connection);
         }, output: output);
 
         for (int i = 0; i < 200; i++)

@@ -17,6 +17,34 @@ public sealed class ConnectionTableTests
     }
 
     [Fact]
+    public void A_slot_whose_generation_is_used_up_is_retired_instead_of_wrapping_to_old_ids()
+    {
+        // Generations of 3 stand for 2^40 - 1: past 1,024 slots a single free slot is reused first-in first-out by one
+        // connection after another, so its generation runs out first. A wrap would repeat its ids, and slot 0's
+        // generation 0 is id 0, the loops' wake-up id.
+        var table = new ConnectionTable(maxGeneration: 3);
+        var live = new List<FakeHandler>();
+        for (int i = 0; i < 1024; i++)
+        {
+            live.Add(new FakeHandler());
+            table.Add(live[^1]);
+        }
+
+        var ids = new HashSet<ulong>(live.Select(h => h.Id));
+        table.Remove(live[0].Id);
+        for (int i = 0; i < 20; i++)
+        {
+            var handler = new FakeHandler();
+            ulong id = table.Add(handler);
+            Assert.NotEqual(0UL, id);
+            Assert.True(ids.Add(id), $"Id {id:x} came back after {i} reuses.");
+            table.Remove(id);
+        }
+
+        Assert.True(table.RetiredSlots > 0);
+    }
+
+    [Fact]
     public void Ids_are_never_zero_and_never_repeat()
     {
         var table = new ConnectionTable();

@@ -57,7 +57,7 @@ public sealed class HalfCloseTests(ITestOutputHelper output)
             await connection.Transport.Output.WriteAsync(Encoding.ASCII.GetBytes($"got {received.Length}"));
             await clientGotReply.Task;
             var epoll = connection.Features.Get<IEpollConnectionFeature>();
-            state = $"fd {epoll?.FileDescriptor}, close reason {epoll?.CloseReason}";
+            state = $"close reason {epoll?.CloseReason}";
 
             // ConnectionClosed is raised off the I/O thread, so "fired" is awaited; "not fired" gets a short window to
             // show up in.

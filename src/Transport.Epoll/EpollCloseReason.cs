@@ -12,7 +12,7 @@ public enum EpollCloseReason
     /// <summary>The peer sent FIN: it closed or shut down its sending side.</summary>
     PeerClosed = 2,
 
-    /// <summary>The peer reset the connection (<c>ECONNRESET</c>, <c>EPIPE</c>).</summary>
+    /// <summary>The peer reset the connection (<c>ECONNRESET</c>, or <c>EPIPE</c> for a send after its reset).</summary>
     PeerReset = 3,
 
     /// <summary>The application called <c>Abort()</c>; the peer got a RST.</summary>
@@ -26,4 +26,10 @@ public enum EpollCloseReason
 
     /// <summary>The transport was shut down while the connection was open.</summary>
     TransportShutdown = 7,
+
+    /// <summary>
+    /// The kernel gave up on the peer (<c>ETIMEDOUT</c>): data stayed unacknowledged, or the peer's window stayed
+    /// closed, past <c>TcpUserTimeout</c>, or keepalive probes went unanswered. A peer that vanished or stopped reading.
+    /// </summary>
+    TimedOut = 8,
 }

@@ -30,6 +30,13 @@ public static class EpollTransport
             return $"epoll is a Linux API and this is {System.Runtime.InteropServices.RuntimeInformation.OSDescription}. Use Kestrel's default Sockets transport on this system.";
         }
 
+        if (!Environment.Is64BitProcess)
+        {
+            // The interop's structs (off_t, iovec, statx) and the loops' counters, read from other threads with plain
+            // 64-bit loads, are written for 64-bit processes (x86-64, arm64).
+            return "the epoll transport runs in 64-bit processes only (x86-64, arm64); this process is 32-bit.";
+        }
+
         // Create and close one epoll instance: a kernel without epoll (or a sandbox that forbids it) fails here,
         // not in the middle of start-up.
         int epfd = Libc.epoll_create1(Libc.EPOLL_CLOEXEC);

@@ -12,8 +12,17 @@ public interface IEpollConnectionFeature
     /// </summary>
     ulong Id { get; }
 
-    /// <summary>The socket's file descriptor while it is open; -1 once closed.</summary>
-    int FileDescriptor { get; }
+    /// <summary>
+    /// Runs <paramref name="action"/> with the socket's file descriptor, on the connection's event loop, where the
+    /// descriptor cannot be closed while the action runs: for socket options the transport does not set
+    /// (<c>setsockopt</c>, <c>getsockopt</c>, <c>TCP_INFO</c>). The descriptor is valid only inside the action: once the
+    /// connection closes, the kernel hands its number to the next socket or file it opens, so keeping the number and
+    /// using it later could reach someone else's connection. Keep the action short and non-blocking (it runs on the
+    /// loop that serves other connections) and do not close, read or write the descriptor.
+    /// </summary>
+    /// <returns>The action's result; runs inline when called on the loop itself.</returns>
+    /// <exception cref="ObjectDisposedException">The connection is closed.</exception>
+    Task<TResult> WithSocketAsync<TResult>(Func<int, TResult> action);
 
     /// <summary>The index of the event loop (the <c>epoll-N</c> thread) that owns the connection.</summary>
     int LoopIndex { get; }

@@ -47,7 +47,7 @@ public sealed class IdleTimeoutTests(ITestOutputHelper output)
 
         await tracker.Closed.WithTimeout();
         Assert.Equal(EpollCloseReason.IdleTimeout, feature.CloseReason);
-        Assert.Equal(-1, feature.FileDescriptor);
+        await Assert.ThrowsAsync<ObjectDisposedException>(() => feature.WithSocketAsync(static fd => fd).WithTimeout());
     }
 
     [Fact]

@@ -23,7 +23,7 @@ public sealed class SecurityTests(ITestOutputHelper output)
         var serverFds = new ConcurrentQueue<int>();
         await using var server = await TestServer.StartRawAsync(Transports.Epoll, async connection =>
         {
-            serverFds.Enqueue(connection.Features.Get<IEpollConnectionFeature>()!.FileDescriptor);
+            serverFds.Enqueue(await connection.Features.Get<IEpollConnectionFeature>()!.WithSocketAsync(static fd => fd));
             await Handlers.EchoAsync(connection);
         }, o => o.ThreadCount = 2, output);
 

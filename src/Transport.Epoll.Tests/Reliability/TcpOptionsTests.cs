@@ -44,8 +44,7 @@ public sealed class TcpOptionsTests(ITestOutputHelper output)
         {
             try
             {
-                int fd = connection.Features.Get<IEpollConnectionFeature>()!.FileDescriptor;
-                read.TrySetResult(new Dictionary<string, int>
+                read.TrySetResult(await connection.Features.Get<IEpollConnectionFeature>()!.WithSocketAsync(static fd => new Dictionary<string, int>
                 {
                     [nameof(Libc.SO_KEEPALIVE)] = Get(fd, Libc.SOL_SOCKET, Libc.SO_KEEPALIVE),
                     [nameof(Libc.TCP_KEEPIDLE)] = Get(fd, Libc.IPPROTO_TCP, Libc.TCP_KEEPIDLE),
@@ -53,7 +52,7 @@ public sealed class TcpOptionsTests(ITestOutputHelper output)
                     [nameof(Libc.TCP_KEEPCNT)] = Get(fd, Libc.IPPROTO_TCP, Libc.TCP_KEEPCNT),
                     [nameof(Libc.TCP_USER_TIMEOUT)] = Get(fd, Libc.IPPROTO_TCP, Libc.TCP_USER_TIMEOUT),
                     [nameof(Libc.TCP_NODELAY)] = Get(fd, Libc.IPPROTO_TCP, Libc.TCP_NODELAY),
-                });
+                }));
             }
             catch (Exception e)
             {

@@ -9,8 +9,11 @@ namespace Transport.Epoll.Internal;
 /// generation and is dropped instead of reaching the fd's new owner (libsock's uuid).
 /// </summary>
 /// <remarks>
-/// Freed slots are reused first-in first-out, and only once <see cref="MinimumSlotsBeforeReuse"/> slots exist, so
-/// the same id comes back only after 2^40 × 1024 connections: more than a server can make in its lifetime.
+/// No id is ever handed out twice: a slot's generation only grows, and a slot whose 40-bit generation is used up is
+/// retired instead of wrapping (a wrapped generation would repeat old ids, and generation 0 of slot 0 is the loop's
+/// wake-up id). Retiring is far off: one slot reused by every connection of a server doing a million a second lasts
+/// 12 days, and there are 2^24 slots. Freed slots are reused first-in first-out, and only once
+/// <see cref="MinimumSlotsBeforeReuse"/> slots exist, which spreads reuse over many slots in the common case.
 /// Lookups are lock-free (an array read and an id compare, on every event); adding and removing take a lock, once per
 /// connection. The table is process-wide so that ids stay unique across several servers in one process.
 /// </remarks>
@@ -18,6 +21,9 @@ internal sealed class ConnectionTable
 {
     public const int SlotBits = 24;
     public const int MaxSlots = 1 << SlotBits;
+
+    /// <summary>The largest generation: what is left of the 64-bit id above the slot.</summary>
+    public const ulong MaxGeneration = (1UL << (64 - SlotBits)) - 1;
     private const ulong SlotMask = MaxSlots - 1;
     private const int MinimumSlotsBeforeReuse = 1024;
 
@@ -27,8 +33,23 @@ internal sealed class ConnectionTable
     private readonly Queue<int> _freeSlots = new();
     private IEpollHandler?[] _handlers = new IEpollHandler?[256];
     private ulong[] _generations = new ulong[256];
+    private readonly ulong _maxGeneration;
     private int _slotCount;
     private int _count;
+
+    public ConnectionTable()
+        : this(MaxGeneration)
+    {
+    }
+
+    /// <summary>Tests only: a table whose slots retire after <paramref name="maxGeneration"/> uses.</summary>
+    internal ConnectionTable(ulong maxGeneration)
+    {
+        _maxGeneration = maxGeneration;
+    }
+
+    /// <summary>Slots whose generations are used up; they are never handed out again.</summary>
+    public int RetiredSlots { get; private set; }
 
     /// <summary>Handlers currently in the table.</summary>
     public int Count => Volatile.Read(ref _count);
@@ -72,7 +93,15 @@ internal sealed class ConnectionTable
             if (slot < _slotCount && _handlers[slot] is { } handler && handler.Id == id)
             {
                 Volatile.Write(ref _handlers[slot], null);
-                _freeSlots.Enqueue(slot);
+                if (_generations[slot] < _maxGeneration)
+                {
+                    _freeSlots.Enqueue(slot);
+                }
+                else
+                {
+                    RetiredSlots++;
+                }
+
                 _count--;
             }
         }

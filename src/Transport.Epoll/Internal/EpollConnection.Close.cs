@@ -84,9 +84,61 @@ internal sealed partial class EpollConnection
         CloseFd();
     }
 
-    /// <summary>A handler threw on the loop: close this connection and let the loop serve the others.</summary>
+    /// <summary>
+    /// Work of this connection threw on the loop (a bug): close the connection, so nobody reads from or waits on it
+    /// forever, and let the loop serve the others. The caller has logged the exception.
+    /// </summary>
     public void CloseAfterBug(Exception ex)
-        => AbortOnLoop(new ConnectionAbortedException("The epoll transport failed on this connection.", ex), EpollCloseReason.Error);
+    {
+        try
+        {
+            AbortOnLoop(new ConnectionAbortedException("The epoll transport failed on this connection.", ex), EpollCloseReason.Error);
+        }
+        catch (Exception)
+        {
+            // The abort path itself failed (the bug may sit in it): close what must close, each step on its own.
+            CloseAfterFailedAbort(ex);
+        }
+    }
+
+    /// <summary>The last resort: the fd closes (with a RST), the pipes complete, DisposeAsync and ConnectionClosed are
+    /// answered, whatever state the connection was left in.</summary>
+    private void CloseAfterFailedAbort(Exception bug)
+    {
+        var reason = new ConnectionAbortedException("The epoll transport failed on this connection.", bug);
+        int fd = _fd;
+        if (fd >= 0)
+        {
+            Volatile.Write(ref _flusherGate, GateShut);
+            Loop.Table.Remove(Id);
+            Loop.RemoveConnection(this);
+            Volatile.Write(ref _fd, -1);
+            _ = Libc.SetLingerZero(fd);
+            _ = Libc.close(fd);
+            _closeReason = EpollCloseReason.Error;
+            _closeError = reason;
+            _context.Metrics.ConnectionClosed(_closeReason);
+        }
+
+        _receiveCompleted = true;
+        _sendCompleted = true;
+        IgnoreFailure(static (c, e) => c._input.Writer.Complete(e), reason);
+        IgnoreFailure(static (c, _) => c._output.Reader.Complete(), reason);
+        FireConnectionClosed();
+        _fdClosed.TrySetResult();
+    }
+
+    private void IgnoreFailure(Action<EpollConnection, Exception> step, Exception reason)
+    {
+        try
+        {
+            step(this, reason);
+        }
+        catch (Exception)
+        {
+            // Nothing more to do for a step that fails here; the others still run.
+        }
+    }
 
     private void DisposeOnLoop()
     {
@@ -178,6 +230,14 @@ internal sealed partial class EpollConnection
             EpollLog.ConnectionReset(_logger, ConnectionId);
             exception = new ConnectionResetException($"The peer reset the connection ({Errno.Describe(error)}).");
             SetCloseReason(EpollCloseReason.PeerReset, exception, overrideGraceful: true);
+        }
+        else if (Errno.IsTimedOut(error))
+        {
+            // Reported to the application like a reset (it is the same to it: the peer is gone, nothing more will
+            // arrive), with its own close reason and message.
+            EpollLog.ConnectionTimedOut(_logger, ConnectionId);
+            exception = new ConnectionResetException($"The peer stopped acknowledging; the kernel gave up on it ({Errno.Describe(error)}).");
+            SetCloseReason(EpollCloseReason.TimedOut, exception, overrideGraceful: true);
         }
         else
         {

@@ -56,6 +56,9 @@ internal sealed partial class EpollConnection
     private Error _flusherError;
     private Exception? _flusherException;
 
+    /// <summary>An exception the send path threw on a flushing thread; rethrown on the loop, which closes the connection.</summary>
+    private System.Runtime.ExceptionServices.ExceptionDispatchInfo? _flusherBug;
+
     /// <summary>Whether flushes from other threads may send here: the option on, and zero-copy off (its state is the loop's).</summary>
     private bool FlusherSendsEnabled => _context.Options.SendOnFlushingThread && _context.Options.ZeroCopyThreshold is null;
 
@@ -81,6 +84,13 @@ internal sealed partial class EpollConnection
                 connection._flusherHandOver = false;
                 action(state);
             }
+            catch (Exception ex)
+            {
+                // A bug on this thread's send path: the loop closes the connection (nobody else would, the output read
+                // it was waiting on is gone), and the application's flush does not see the transport's exception.
+                connection._flusherBug = System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(ex);
+                connection._flusherHandOver = true;
+            }
             finally
             {
                 handOver = connection._flusherHandOver;
@@ -105,6 +115,13 @@ internal sealed partial class EpollConnection
     /// <summary>On the loop, after a flushing thread handed over: report its error, or read the pipe again and send.</summary>
     private void ResumeSendOnLoop()
     {
+        if (_flusherBug is { } bug)
+        {
+            // Thrown here, on the loop, it is handled as any connection work that throws: logged, connection closed.
+            _flusherBug = null;
+            bug.Throw();
+        }
+
         Error error = _flusherError;
         Exception? exception = _flusherException;
         _flusherError = Error.Success;

@@ -13,6 +13,9 @@ internal sealed partial class EpollConnection
     private bool _waitingForWritable;
     private bool _sendCompleted;
 
+    /// <summary>Tests only: thrown by the next send, on whichever thread runs it, to stand for a bug in the send path.</summary>
+    internal Exception? SendFaultForTest { get; set; }
+
     /// <summary>Output-stream position of the first byte the pipe still holds (bytes consumed so far).</summary>
     private long _outputReleased;
 
@@ -59,6 +62,12 @@ internal sealed partial class EpollConnection
     /// </summary>
     private bool SendOutput()
     {
+        if (SendFaultForTest is { } fault)
+        {
+            SendFaultForTest = null;
+            throw fault;
+        }
+
         ReadResult result;
         try
         {

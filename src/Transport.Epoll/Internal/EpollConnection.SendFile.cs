@@ -274,7 +274,7 @@ internal sealed partial class EpollConnection
             return FileStep.NotSupported;
         }
 
-        if (Errno.IsPeerGone(error) || error is Error.ECONNRESET or Error.EPIPE)
+        if (Errno.IsSocketFailure(error))
         {
             _fileSocketError = error;
             _fileFailure = null;

@@ -20,6 +20,9 @@ internal static partial class EpollLog
     [LoggerMessage(5, LogLevel.Error, "Event loop epoll-{Loop}: scheduled work threw; the loop goes on.")]
     public static partial void ScheduledWorkFailed(ILogger logger, int loop, Exception exception);
 
+    [LoggerMessage(8, LogLevel.Error, "Event loop epoll-{Loop}: a turn failed; the loop goes on.")]
+    public static partial void TurnFailed(ILogger logger, int loop, Exception exception);
+
     [LoggerMessage(6, LogLevel.Debug, "Started {Count} event loops.")]
     public static partial void LoopsStarted(ILogger logger, int count);
 
@@ -49,6 +52,9 @@ internal static partial class EpollLog
 
     [LoggerMessage(201, LogLevel.Debug, "Connection {ConnectionId} reset by peer.")]
     public static partial void ConnectionReset(ILogger logger, string connectionId);
+
+    [LoggerMessage(208, LogLevel.Debug, "Connection {ConnectionId} timed out: the peer stopped acknowledging (TCP_USER_TIMEOUT or keepalive).")]
+    public static partial void ConnectionTimedOut(ILogger logger, string connectionId);
 
     [LoggerMessage(202, LogLevel.Warning, "Connection {ConnectionId}: socket error {Error}.")]
     public static partial void ConnectionError(ILogger logger, string connectionId, string error);

@@ -80,7 +80,14 @@ internal sealed partial class EpollLoop
             EpollConnection? next = connection.NextOnLoop;
             if (now - connection.LastActivity >= _idleTimeoutMs)
             {
-                connection.CloseIdle();
+                try
+                {
+                    connection.CloseIdle();
+                }
+                catch (Exception ex)
+                {
+                    HandlerFailed(connection, ex);
+                }
             }
 
             connection = next;

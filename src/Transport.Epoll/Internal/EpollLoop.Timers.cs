@@ -36,14 +36,7 @@ internal sealed partial class EpollLoop
         while (_timers.TryPeek(out TimerEntry entry, out long due) && due <= now)
         {
             _timers.Dequeue();
-            try
-            {
-                entry.Action(entry.State);
-            }
-            catch (Exception ex)
-            {
-                EpollLog.ScheduledWorkFailed(_logger, Index, ex);
-            }
+            RunWork(entry.Action, entry.State);
         }
     }
 

@@ -27,10 +27,17 @@ internal sealed unsafe partial class EpollLoop : PipeScheduler, IDisposable
     /// syscalls per turn; 512 × 12 bytes stays in one or two pages.</summary>
     private const int MaxEventsPerWait = 512;
 
-    // The wake-up flag (netty's scheme): Schedule writes the eventfd only when the loop may be blocked in epoll_wait.
+    // The wake-up state (netty's scheme, plus a state for a write in progress): Schedule writes the eventfd only when
+    // the loop may be blocked in epoll_wait. Awake: the loop runs, nobody writes. Sleeping: the loop may block; the
+    // first waker takes the state to Waking, writes the eventfd, then sets Woken. Only a waker leaves Waking, so the
+    // loop can always tell whether a write is in progress: it never closes the eventfd under one (the fd number could
+    // already belong to someone else when the write lands), and never blocks while one is unfinished. Closed: the
+    // eventfd is gone and nobody writes.
     private const int Awake = 0;
     private const int Sleeping = 1;
-    private const int Woken = 2;
+    private const int Waking = 2;
+    private const int Woken = 3;
+    private const int Closed = 4;
 
     [ThreadStatic]
     private static EpollLoop? t_current;
@@ -40,9 +47,11 @@ internal sealed unsafe partial class EpollLoop : PipeScheduler, IDisposable
     private readonly Thread _thread;
     private readonly ILogger _logger;
     private readonly TaskCompletionSource _stopped = new(TaskCreationOptions.RunContinuationsAsynchronously);
-    private readonly int _epollFd;
+    private readonly Lock _lateWorkLock = new();
+    private int _epollFd;
     private readonly int _eventFd;
     private int _wakeState;
+    private int _terminated;
     private volatile bool _stopRequested;
 
     public EpollLoop(int index, ConnectionTable table, TransportContext context)
@@ -121,13 +130,26 @@ internal sealed unsafe partial class EpollLoop : PipeScheduler, IDisposable
 
     public void Start() => _thread.Start();
 
-    /// <summary>Queues <paramref name="action"/> to run on this loop's thread, after the current turn's events.</summary>
+    /// <summary>
+    /// Queues <paramref name="action"/> to run on this loop's thread, after the current turn's events. Once the loop has
+    /// stopped, work still arriving (an abort or a file job for a connection the stop already closed) runs on the
+    /// caller's thread instead, one at a time, so it is never silently dropped and whoever awaits it is answered.
+    /// </summary>
     public override void Schedule(Action<object?> action, object? state)
     {
         _work.Enqueue(new Work(action, state));
         if (t_current != this)
         {
-            Wake();
+            // The enqueue above is an interlocked operation (a full fence), and the loop sets _terminated with one
+            // before its last look at the queue: either it sees this work, or this thread sees the flag.
+            if (Volatile.Read(ref _terminated) != 0)
+            {
+                RunLateWork();
+            }
+            else
+            {
+                Wake();
+            }
         }
     }
 
@@ -157,9 +179,14 @@ internal sealed unsafe partial class EpollLoop : PipeScheduler, IDisposable
             // Never started (a sibling loop failed to start): nothing runs, just release the fds.
             if (_stopped.TrySetResult())
             {
+                Volatile.Write(ref _wakeState, Closed);
+                Interlocked.Exchange(ref _terminated, 1);
                 WriteScratch.Dispose();
                 _ = Libc.close(_eventFd);
-                _ = Libc.close(_epollFd);
+                CloseEpoll();
+                Context.Metrics.RemoveLoop(Counters);
+                Context.Metrics.RemoveLoop(FlusherCounters);
+                Context.ReleaseMemoryPool(MemoryPool);
             }
 
             return _stopped.Task;
@@ -174,13 +201,20 @@ internal sealed unsafe partial class EpollLoop : PipeScheduler, IDisposable
 
     private void Wake()
     {
-        if (Interlocked.CompareExchange(ref _wakeState, Woken, Sleeping) != Sleeping)
+        if (Interlocked.CompareExchange(ref _wakeState, Waking, Sleeping) != Sleeping)
         {
             return;
         }
 
-        ulong one = 1;
-        while (Libc.write(_eventFd, &one, sizeof(ulong)) < 0)
+        WriteEventFd();
+
+        // Only this thread leaves Waking (see the states above).
+        Volatile.Write(ref _wakeState, Woken);
+    }
+
+    private void WriteEventFd()
+    {
+        while (Libc.SignalEventFd(_eventFd) < 0)
         {
             Error error = Errno.Last;
             if (error == Error.EINTR)
@@ -209,76 +243,159 @@ internal sealed unsafe partial class EpollLoop : PipeScheduler, IDisposable
         {
             while (!_stopRequested)
             {
-                int timeout = NextWaitTimeout();
-                if (!_work.IsEmpty || _readAgain.Count != 0)
+                try
                 {
-                    timeout = 0;
+                    RunTurn(events);
                 }
-                else
+                catch (Exception ex)
                 {
-                    // Publish "may sleep" before the last look at the queue: a Schedule that raced with us either
-                    // sees Sleeping and writes the eventfd, or enqueued before our look and is seen here.
-                    Interlocked.Exchange(ref _wakeState, Sleeping);
-                    if (!_work.IsEmpty || _stopRequested)
-                    {
-                        timeout = 0;
-                    }
+                    // A bug in the loop's own bookkeeping (a connection's failures are handled where they happen):
+                    // say so loudly, and keep serving the loop's other connections.
+                    EpollLog.TurnFailed(_logger, Index, ex);
                 }
-
-                int count = Libc.Wait(_epollFd, events, MaxEventsPerWait, timeout);
-                Volatile.Write(ref _wakeState, Awake);
-                if (count < 0)
-                {
-                    Error error = Errno.Last;
-                    if (error != Error.EINTR)
-                    {
-                        EpollLog.EpollWaitFailed(_logger, Index, error.ToString());
-                        Thread.Sleep(10);
-                    }
-
-                    continue;
-                }
-
-                Counters.EpollWaits++;
-                Counters.Events += count;
-                Now = Environment.TickCount64;
-                Context.Metrics.LoopWokeUp(count);
-                for (int i = 0; i < count; i++)
-                {
-                    EpollEvent.Read(events, i, out uint flags, out ulong id);
-                    if (id == WakeUpId)
-                    {
-                        continue;
-                    }
-
-                    Dispatch(id, flags);
-                }
-
-                RunScheduledWork();
-                RunReadAgain();
-                RunDueTimers();
-                CloseIdleConnections();
             }
         }
         catch (Exception ex)
         {
-            // A bug in the loop itself (handlers catch their own). The loop's connections cannot be served any
-            // more; say so loudly rather than die silently.
+            // Only what the turn's own catch cannot hold (its logging is guarded, so in practice nothing).
             EpollLog.LoopCrashed(_logger, Index, ex);
         }
         finally
         {
             StopHandlers();
-            RunScheduledWork();
+            CloseWakeUp();
+            CloseEpoll();
+
+            // From here on, Schedule runs late work on its caller's thread; what was queued until now runs here.
+            Interlocked.Exchange(ref _terminated, 1);
+            RunLateWork();
+
             NativeMemory.AlignedFree(events);
             WriteScratch.Dispose();
             Context.Metrics.RemoveLoop(Counters);
             Context.Metrics.RemoveLoop(FlusherCounters);
-            _ = Libc.close(_eventFd);
-            _ = Libc.close(_epollFd);
+            Context.ReleaseMemoryPool(MemoryPool);
             t_current = null;
             _stopped.TrySetResult();
         }
+    }
+
+    /// <summary>Awake -> Sleeping (or Woken -> Sleeping, after a finished wake-up). False while a waker is still
+    /// writing: its edge may be one this turn's epoll_wait already took, so the loop must not block on it.</summary>
+    private bool TryPublishSleeping()
+    {
+        int state = Volatile.Read(ref _wakeState);
+        return state != Waking && Interlocked.CompareExchange(ref _wakeState, Sleeping, state) == state;
+    }
+
+    /// <summary>After epoll_wait: back to Awake, unless a waker is writing (it moves to Woken itself).</summary>
+    private void LeaveSleeping()
+    {
+        int state = Volatile.Read(ref _wakeState);
+        if (state is Sleeping or Woken)
+        {
+            _ = Interlocked.CompareExchange(ref _wakeState, Awake, state);
+        }
+    }
+
+    /// <summary>Closes the eventfd once no waker is between winning the wake-up and its write (netty's loop cleanup
+    /// waits the same way): a write that lands after close(2) would go to whatever the kernel gave the number next.</summary>
+    private void CloseWakeUp()
+    {
+        SpinWait spin = default;
+        while (true)
+        {
+            int state = Volatile.Read(ref _wakeState);
+            if (state != Waking && Interlocked.CompareExchange(ref _wakeState, Closed, state) == state)
+            {
+                break;
+            }
+
+            // A waker preempted mid-wake-up needs a core to finish: spin, then yield and sleep.
+            spin.SpinOnce();
+        }
+
+        _ = Libc.close(_eventFd);
+    }
+
+    /// <summary>Closes the epoll instance. Its number becomes -1 first: late work that still calls epoll_ctl gets EBADF
+    /// instead of changing the interest list of whatever the kernel gives the number to next.</summary>
+    private void CloseEpoll()
+    {
+        int fd = _epollFd;
+        Volatile.Write(ref _epollFd, -1);
+        _ = Libc.close(fd);
+    }
+
+    /// <summary>After the loop stopped: runs the queued work on this thread, as the loop would, one caller at a time.</summary>
+    private void RunLateWork()
+    {
+        lock (_lateWorkLock)
+        {
+            EpollLoop? previous = t_current;
+            t_current = this;
+            try
+            {
+                while (_work.TryDequeue(out Work work))
+                {
+                    RunWork(work.Action, work.State);
+                }
+            }
+            finally
+            {
+                t_current = previous;
+            }
+        }
+    }
+
+    /// <summary>One turn: wait, dispatch the events, run the scheduled work, the reads left over, timers, idle checks.</summary>
+    private void RunTurn(byte* events)
+    {
+        int timeout = NextWaitTimeout();
+        if (!_work.IsEmpty || _readAgain.Count != 0)
+        {
+            timeout = 0;
+        }
+        else if (!TryPublishSleeping() || !_work.IsEmpty || _stopRequested)
+        {
+            // Publish "may sleep" before the last look at the queue: a Schedule that raced with us either sees
+            // Sleeping and writes the eventfd, or enqueued before our look and is seen here.
+            timeout = 0;
+        }
+
+        int count = Libc.Wait(_epollFd, events, MaxEventsPerWait, timeout);
+        LeaveSleeping();
+        if (count < 0)
+        {
+            Error error = Errno.Last;
+            if (error != Error.EINTR)
+            {
+                EpollLog.EpollWaitFailed(_logger, Index, error.ToString());
+                Thread.Sleep(10);
+            }
+
+            return;
+        }
+
+        Counters.EpollWaits++;
+        Counters.Events += count;
+        Now = Environment.TickCount64;
+        Context.Metrics.LoopWokeUp(count);
+        for (int i = 0; i < count; i++)
+        {
+            EpollEvent.Read(events, i, out uint flags, out ulong id);
+            if (id == WakeUpId)
+            {
+                continue;
+            }
+
+            Dispatch(id, flags);
+        }
+
+        RunScheduledWork();
+        RunReadAgain();
+        RunDueTimers();
+        CloseIdleConnections();
     }
 
     private void Dispatch(ulong id, uint flags)
@@ -297,9 +414,15 @@ internal sealed unsafe partial class EpollLoop : PipeScheduler, IDisposable
         }
         catch (Exception ex)
         {
-            EpollLog.HandlerFailed(_logger, Index, id, ex);
-            (handler as EpollConnection)?.CloseAfterBug(ex);
+            HandlerFailed(handler, ex);
         }
+    }
+
+    /// <summary>A handler threw on this loop (a bug): a connection is closed; the loop goes on either way.</summary>
+    public void HandlerFailed(IEpollHandler handler, Exception ex)
+    {
+        EpollLog.HandlerFailed(_logger, Index, handler.Id, ex);
+        (handler as EpollConnection)?.CloseAfterBug(ex);
     }
 
     private void RunScheduledWork()
@@ -309,16 +432,45 @@ internal sealed unsafe partial class EpollLoop : PipeScheduler, IDisposable
         int budget = _work.Count;
         while (budget-- > 0 && _work.TryDequeue(out Work work))
         {
-            try
+            RunWork(work.Action, work.State);
+        }
+    }
+
+    /// <summary>
+    /// Runs scheduled work or a timer. Work that throws is a bug: when it belongs to a connection, that connection is
+    /// closed (reason Error) so nobody waits on it forever; the loop goes on serving the others either way.
+    /// </summary>
+    private void RunWork(Action<object?> action, object? state)
+    {
+        try
+        {
+            action(state);
+        }
+        catch (Exception ex)
+        {
+            if (ConnectionOf(state) is { } connection)
             {
-                work.Action(work.State);
+                HandlerFailed(connection, ex);
             }
-            catch (Exception ex)
+            else
             {
                 EpollLog.ScheduledWorkFailed(_logger, Index, ex);
             }
         }
     }
+
+    /// <summary>
+    /// The connection a piece of work belongs to: the connection itself as state, a tuple led by it (an abort with its
+    /// reason, a file job), or one of its pipes' continuations, which the pipe schedules with the awaiting callback
+    /// (a delegate on the connection) as state.
+    /// </summary>
+    private static EpollConnection? ConnectionOf(object? state) => state switch
+    {
+        EpollConnection connection => connection,
+        System.Runtime.CompilerServices.ITuple { Length: > 0 } tuple => tuple[0] as EpollConnection,
+        Delegate { Target: EpollConnection connection } => connection,
+        _ => null,
+    };
 
     private void RunReadAgain()
     {
@@ -331,8 +483,7 @@ internal sealed unsafe partial class EpollLoop : PipeScheduler, IDisposable
             }
             catch (Exception ex)
             {
-                EpollLog.HandlerFailed(_logger, Index, connection.Id, ex);
-                connection.CloseAfterBug(ex);
+                HandlerFailed(connection, ex);
             }
         }
     }

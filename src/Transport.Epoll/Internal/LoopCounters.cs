@@ -3,7 +3,9 @@ namespace Transport.Epoll.Internal;
 /// <summary>
 /// One loop's running totals. Only the loop's thread writes them, with plain increments (no atomics, no shared cache
 /// line), and <see cref="EpollMetrics"/> sums them when a listener asks: counting costs nothing per syscall.
-/// 64-bit reads of these fields are atomic on every platform .NET runs on, so a reader never sees a torn value.
+/// The transport runs only in 64-bit processes (<see cref="EpollTransport.IsSupported"/>), where aligned 64-bit loads
+/// and stores are single instructions, so a reader on another thread never sees a torn value (ECMA-335 I.12.6.6
+/// promises that for native-int-sized fields only, which is why 32-bit processes are refused).
 /// Sends made on a flushing thread (see EpollConnection.FlusherSend.cs) go to a second instance per loop through
 /// <see cref="AddFlusherSends"/>, the one place that uses atomics: several such threads may count at once.
 /// </summary>

@@ -39,4 +39,18 @@ internal sealed class TransportContext
     /// <summary>One pool per loop: Kestrel's pinned block pool when the host provides it, so the kernel can be
     /// handed pointers into it without pinning per call.</summary>
     public MemoryPool<byte> CreateMemoryPool() => _memoryPoolFactory?.Create() ?? MemoryPool<byte>.Shared;
+
+    /// <summary>
+    /// A stopped loop's pool: disposed, so a restarted loop group does not keep the old one's blocks. Memory still in a
+    /// pipe stays valid (the pool only stops taking blocks back); renting from it afterwards throws, as from the
+    /// Sockets transport's pools once its listener is disposed.
+    /// </summary>
+    public void ReleaseMemoryPool(MemoryPool<byte> pool)
+    {
+        // Only what the factory created is ours: the shared pool belongs to the process.
+        if (_memoryPoolFactory is not null && !ReferenceEquals(pool, MemoryPool<byte>.Shared))
+        {
+            pool.Dispose();
+        }
+    }
 }

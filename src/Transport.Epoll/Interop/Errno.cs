@@ -38,8 +38,17 @@ internal static class Errno
     /// <summary>errno of the last <c>SetLastError = true</c> call on this thread.</summary>
     public static Error Last => (Error)Marshal.GetLastPInvokeError();
 
-    /// <summary>The peer is gone: <c>recv</c>/<c>send</c> report a reset, a broken pipe, or a socket no longer connected.</summary>
-    public static bool IsPeerGone(Error error) => error is Error.ECONNRESET or Error.EPIPE or Error.ENOTCONN or Error.ETIMEDOUT;
+    /// <summary>The peer reset the connection: <c>recv</c>/<c>send</c> report ECONNRESET, or EPIPE for a send after it.</summary>
+    public static bool IsPeerGone(Error error) => error is Error.ECONNRESET or Error.EPIPE;
+
+    /// <summary>
+    /// The kernel gave up on the peer: unacknowledged data outlived TCP_USER_TIMEOUT (zero-window probes included), or
+    /// keepalive probes went unanswered (tcp(7)). Not a reset: the peer may never have said anything.
+    /// </summary>
+    public static bool IsTimedOut(Error error) => error == Error.ETIMEDOUT;
+
+    /// <summary>The socket failed (as opposed to a file being read for sendfile): a reset, a timeout, or not connected.</summary>
+    public static bool IsSocketFailure(Error error) => IsPeerGone(error) || IsTimedOut(error) || error == Error.ENOTCONN;
 
     /// <summary>
     /// accept4(2): "Linux accept() passes already-pending network errors on the new socket as an error code from

@@ -68,6 +68,12 @@ internal static class FaultInjection
 
     public static int Seed => s_seed;
 
+    /// <summary>
+    /// Runs on the waking thread just before it writes a loop's eventfd (the argument is that fd). Tests use it to hold
+    /// a waker where a preemption could: between winning the wake-up and its write. Null outside those tests.
+    /// </summary>
+    public static Action<int>? BeforeEventFdWrite { get; set; }
+
     private static Random Random => t_random ??= new Random(HashCode.Combine(s_seed, Thread.CurrentThread.Name));
 
     /// <summary>True once after an injected EAGAIN, short read or partial write: the kernel's readiness did not change,
