@@ -86,7 +86,17 @@ builder.WebHost.ConfigureKestrel(kestrel =>
 // connection from the first.
 using var stats = new TransportStats();
 
-var app = builder.Build();
+// Building the host creates the server, and with it the transport, whose options are read and checked here.
+WebApplication app;
+try
+{
+    app = builder.Build();
+}
+catch (Exception e) when (StartupFailure.Describe(e) is { } message)
+{
+    Console.Error.WriteLine($"WebApp: {message}");
+    return 2;
+}
 
 // Files (GET /files/{name}) go out with sendfile(2) on the epoll transport; a no-op on Sockets.
 app.UseEpollSendFile();
@@ -109,5 +119,16 @@ app.Lifetime.ApplicationStarted.Register(() =>
     Console.WriteLine($"WebApp: transport={settings.Transport.ToString().ToLowerInvariant()} http={http} echo={echo} h2c={h2c} files={files}");
 });
 
-app.Run();
+try
+{
+    await app.StartAsync();
+}
+catch (Exception e) when (StartupFailure.Describe(e) is { } message)
+{
+    // A mistake in how the sample was started (a bad option, a taken port): one line, not a crash with a stack trace.
+    Console.Error.WriteLine($"WebApp: {message}");
+    return 4;
+}
+
+await app.WaitForShutdownAsync();
 return 0;

@@ -130,6 +130,11 @@ internal sealed record SampleSettings(SampleTransport Transport, IReadOnlyList<B
                 throw new SampleConfigurationException($"--urls '{url}': the scheme must be http or https.");
             }
 
+            if (!address.IsUnixPipe && address.Port is < 0 or > IPEndPoint.MaxPort)
+            {
+                throw new SampleConfigurationException($"--urls '{url}': the port must be 0 to 65535.");
+            }
+
             addresses.Add(address);
         }
 

@@ -102,6 +102,27 @@ public sealed class OptionsTests(ITestOutputHelper output)
         Assert.Equal(TestApp.Plaintext, await client.GetStringAsync("/plaintext"));
     }
 
+    [Theory]
+    [InlineData("AcceptDistribution", "foo", "one of ReusePort, Exclusive")]
+    [InlineData("ThreadCount", "many", "a whole number")]
+    [InlineData("IdleTimeout", "soon", "a duration such as 00:00:30")]
+    [InlineData("EnableSendFile", "yes", "true or false")]
+    public async Task A_configuration_value_of_the_wrong_type_fails_start_up_naming_the_key_and_what_it_accepts(string key, string value, string expected)
+    {
+        var error = await Assert.ThrowsAnyAsync<OptionsValidationException>(() => TestServer.StartAsync(new TestServerOptions
+        {
+            Transport = Transports.Epoll,
+            ConfigureApp = TestApp.Map,
+            Output = output,
+            ConfigureBuilder = builder => builder.Configuration.AddInMemoryCollection(new Dictionary<string, string?>
+            {
+                ["Kestrel:Transport:Epoll:" + key] = value,
+            }),
+        }));
+
+        Assert.Equal($"Kestrel:Transport:Epoll:{key} is '{value}'; it must be {expected}", error.Message.Split(" (hh")[0].TrimEnd('.'));
+    }
+
     [Fact]
     public async Task Options_set_in_code_win_over_configuration()
     {

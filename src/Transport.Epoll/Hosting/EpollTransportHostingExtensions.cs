@@ -1,5 +1,6 @@
 using System.Runtime.Versioning;
 using Microsoft.AspNetCore.Connections;
+using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.DependencyInjection.Extensions;
 using Microsoft.Extensions.Options;
@@ -31,7 +32,8 @@ public static class EpollTransportWebHostBuilderExtensions
 
         return hostBuilder.ConfigureServices((context, services) =>
         {
-            services.AddOptions<EpollTransportOptions>().Bind(context.Configuration.GetSection(EpollTransportOptions.ConfigurationSection));
+            IConfigurationSection section = context.Configuration.GetSection(EpollTransportOptions.ConfigurationSection);
+            services.AddOptions<EpollTransportOptions>().Configure(options => EpollTransportOptionsBinder.Bind(section, options));
             services.AddEpollTransport(configureOptions);
         });
     }
