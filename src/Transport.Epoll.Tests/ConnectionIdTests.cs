@@ -9,7 +9,7 @@ using Xunit.Abstractions;
 namespace Transport.Epoll.Tests;
 
 /// <summary>
-/// The fd-collision risk (DESIGN.md, "Connection ids"): the kernel hands a closed connection's fd to the next
+/// The fd-collision risk (docs/ARCHITECTURE.md, "Connection ids"): the kernel hands a closed connection's fd to the next
 /// accepted one, so work still in flight for the old connection must never reach the new one. Epoll only: the
 /// ids and fds are this transport's. In the serial collection because the test steers which fd the kernel hands out.
 /// </summary>

@@ -5,7 +5,8 @@ using Transport.Epoll.Interop;
 namespace Transport.Epoll.Internal;
 
 /// <summary>
-/// Sending on the thread that flushed: DESIGN's one exception to "a connection's syscalls happen on its loop".
+/// Sending on the thread that flushed: the one exception to "a connection's syscalls happen on its loop"
+/// (docs/ARCHITECTURE.md, "The connection").
 ///
 /// When the application flushes from a thread other than the loop (the thread pool, the default scheduling; or after
 /// an await in inline mode) and the send side is idle (parked on its output read), that thread runs the send itself:
