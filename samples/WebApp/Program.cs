@@ -54,9 +54,11 @@ builder.WebHost.ConfigureKestrel(kestrel =>
         httpEndpoints.Add(SampleSettings.Listen(kestrel, address));
     }
 
+    // The raw ports listen where HTTP does: only on loopback when every --urls address is loopback (the default,
+    // http://localhost:5000), so a raw echo port is never opened to the network by surprise.
     if (settings.EchoEnabled)
     {
-        kestrel.ListenAnyIP(settings.EchoPort, options =>
+        settings.ListenRaw(kestrel, settings.EchoPort, options =>
         {
             options.UseConnectionHandler<EchoConnectionHandler>();
             echoEndpoint = options;
@@ -65,7 +67,7 @@ builder.WebHost.ConfigureKestrel(kestrel =>
 
     if (settings.FileEnabled)
     {
-        kestrel.ListenAnyIP(settings.FilePort, options =>
+        settings.ListenRaw(kestrel, settings.FilePort, options =>
         {
             options.UseConnectionHandler<FileConnectionHandler>();
             fileEndpoint = options;
@@ -74,7 +76,7 @@ builder.WebHost.ConfigureKestrel(kestrel =>
 
     if (settings.Http2Enabled)
     {
-        kestrel.ListenAnyIP(settings.Http2Port, options =>
+        settings.ListenRaw(kestrel, settings.Http2Port, options =>
         {
             options.Protocols = HttpProtocols.Http2;
             http2Endpoint = options;
@@ -101,13 +103,17 @@ catch (Exception e) when (StartupFailure.Describe(e) is { } message)
 // Files (GET /files/{name}) go out with sendfile(2) on the epoll transport; a no-op on Sockets.
 app.UseEpollSendFile();
 
+app.UseWebSockets();
+
+app.MapGet("/", (Func<HttpContext, string>)SampleEndpoints.Landing);
 app.MapGet("/plaintext", new RequestDelegate(SampleEndpoints.Plaintext));
 app.MapGet("/json", new RequestDelegate(SampleEndpoints.Json));
 app.MapPost("/echo", new RequestDelegate(SampleEndpoints.Echo));
-app.MapGet("/files/{name}", (string name) => SampleEndpoints.File(name));
+app.MapMethods("/files/{name}", [HttpMethods.Get, HttpMethods.Head], (string name) => SampleEndpoints.File(name));
 app.MapGet("/connection", (Func<HttpContext, Task<string>>)SampleEndpoints.Connection);
 app.MapGet("/slow", new RequestDelegate(SampleEndpoints.Slow));
 app.MapGet("/stats", new RequestDelegate(stats.WriteAsync));
+app.Map("/ws", new RequestDelegate(SampleWebSockets.Echo));
 
 app.Lifetime.ApplicationStarted.Register(() =>
 {

@@ -25,6 +25,23 @@ internal static class SampleEndpoints
     /// next to the binary.</summary>
     public static string ContentFolder { get; set; } = Path.Combine(AppContext.BaseDirectory, "content");
 
+    /// <summary><c>GET /</c>: what the sample serves, for whoever opens it in a browser or with curl.</summary>
+    public static string Landing(HttpContext context)
+    {
+        string transport = context.Features.Get<IEpollConnectionFeature>() is null ? "another transport" : "the epoll transport";
+        return $$"""
+            Transport.Epoll sample, served by {{transport}}.
+              GET  /plaintext        Hello, World!
+              GET  /json             {"message":"Hello, World!"}
+              POST /echo             the request body, streamed back
+              GET  /files/{name}     a file from the content folder (sendfile; Range and HEAD work)
+              GET  /connection       what the transport says about this connection
+              GET  /stats            the transport's metrics and the process's figures, as JSON
+              GET  /slow?ms=N        answers after N ms
+              GET  /ws               a WebSocket echo
+            """ + "\n";
+    }
+
     public static Task Plaintext(HttpContext context)
     {
         HttpResponse response = context.Response;

@@ -149,6 +149,34 @@ internal sealed record SampleSettings(SampleTransport Transport, IReadOnlyList<B
     private static IEnumerable<string> ExpandPorts(string? ports, string scheme)
         => (ports ?? string.Empty).Split(';', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(port => $"{scheme}://*:{port}");
 
+    /// <summary>True when every HTTP address is a loopback one (or a Unix socket): the sample then keeps its other
+    /// ports on loopback too.</summary>
+    public bool LoopbackOnly => Urls.All(static address => address.IsUnixPipe || IsLoopbackHost(address.Host.Trim('[', ']')));
+
+    /// <summary>
+    /// Adds a non-HTTP/1.1 endpoint (echo, files, h2c) on <paramref name="port"/>: on both loopbacks when
+    /// <see cref="LoopbackOnly"/> (IPv4 only for port 0, which Kestrel's localhost binding refuses), else on every
+    /// interface.
+    /// </summary>
+    public void ListenRaw(KestrelServerOptions kestrel, int port, Action<ListenOptions> configure)
+    {
+        if (!LoopbackOnly)
+        {
+            kestrel.ListenAnyIP(port, configure);
+        }
+        else if (port == 0)
+        {
+            kestrel.Listen(IPAddress.Loopback, 0, configure);
+        }
+        else
+        {
+            kestrel.ListenLocalhost(port, configure);
+        }
+    }
+
+    private static bool IsLoopbackHost(string host)
+        => string.Equals(host, "localhost", StringComparison.OrdinalIgnoreCase) || (IPAddress.TryParse(host, out IPAddress? ip) && IPAddress.IsLoopback(ip));
+
     /// <summary>
     /// Adds one HTTP endpoint the way Kestrel reads <c>--urls</c>: <c>localhost</c> is both loopbacks, an IP address
     /// is that address, <c>unix:/path</c> a Unix socket, and any other host (<c>*</c>, <c>+</c>, a name) every interface.

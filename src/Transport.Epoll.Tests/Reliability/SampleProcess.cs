@@ -40,7 +40,7 @@ public sealed partial class SampleProcess : IAsyncDisposable
 
     public IPEndPoint HttpEndPoint => new(IPAddress.Loopback, HttpPort);
 
-    /// <summary>The echo endpoint listens on [::] dual-mode; the tests reach it over IPv4 loopback.</summary>
+    /// <summary>The echo endpoint, on loopback like the HTTP one (the sample keeps its raw ports where HTTP listens).</summary>
     public IPEndPoint EchoEndPoint => new(IPAddress.Loopback, EchoPort);
 
     public bool HasExited => _process.HasExited;
@@ -232,7 +232,7 @@ public sealed partial class SampleProcess : IAsyncDisposable
     }
 
     /// <summary>samples/WebApp/bin/&lt;configuration&gt;/net10.0/WebApp.dll, found upward from the test's binaries.</summary>
-    private static string FindSampleDll()
+    internal static string FindSampleDll()
     {
         string configuration = typeof(SampleProcess).Assembly.GetCustomAttribute<AssemblyConfigurationAttribute>()?.Configuration ?? "Debug";
         string framework = new DirectoryInfo(AppContext.BaseDirectory.TrimEnd(Path.DirectorySeparatorChar)).Name;
@@ -251,7 +251,7 @@ public sealed partial class SampleProcess : IAsyncDisposable
     }
 
     /// <summary>The dotnet host that runs the tests (the SDK sets DOTNET_HOST_PATH), else the one next to the runtime, else PATH's.</summary>
-    private static string DotnetHost()
+    internal static string DotnetHost()
     {
         if (Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } host && File.Exists(host))
         {
