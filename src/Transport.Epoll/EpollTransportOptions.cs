@@ -131,4 +131,14 @@ public sealed class EpollTransportOptions
     /// </summary>
     /// <remarks>Defaults to <see langword="null"/>: the kernel's retransmission limits (about 15 minutes). Allowed: 1 s to 24 hours.</remarks>
     public TimeSpan? TcpUserTimeout { get; set; }
+
+    /// <summary>
+    /// A loop turn that runs longer than this is reported: a warning, once per endpoint, naming the connection the loop
+    /// was serving, and the <c>epoll.loop.stalls</c> counter. A turn is the loop's own work plus, with
+    /// <see cref="UnsafePreferInlineScheduling"/>, the application code it runs; code that blocks there (synchronous
+    /// I/O, a lock, a long computation) stalls every connection on the loop, and this is how you find out.
+    /// </summary>
+    /// <remarks>Defaults to 100 ms: far above a healthy turn (microseconds), below what users notice. Checked by one
+    /// timer per transport at half the threshold. Allowed: 10 ms to 1 hour; <see langword="null"/> or zero for off.</remarks>
+    public TimeSpan? LoopStallThreshold { get; set; } = TimeSpan.FromMilliseconds(100);
 }

@@ -32,6 +32,7 @@ internal static class EpollTransportOptionsBinder
         [nameof(EpollTransportOptions.TcpKeepAliveInterval)] = Duration(),
         [nameof(EpollTransportOptions.TcpKeepAliveProbeCount)] = Integer(),
         [nameof(EpollTransportOptions.TcpUserTimeout)] = Duration(),
+        [nameof(EpollTransportOptions.LoopStallThreshold)] = Duration(),
     };
 
     public static void Bind(IConfiguration section, EpollTransportOptions options)

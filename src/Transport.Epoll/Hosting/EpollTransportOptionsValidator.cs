@@ -51,6 +51,10 @@ internal sealed class EpollTransportOptionsValidator : IValidateOptions<EpollTra
         CheckRange(failures, nameof(options.TcpKeepAliveTime), options.TcpKeepAliveTime, TimeSpan.FromSeconds(1), TimeSpan.FromHours(24));
         CheckRange(failures, nameof(options.TcpKeepAliveInterval), options.TcpKeepAliveInterval, TimeSpan.FromSeconds(1), TimeSpan.FromHours(1));
         CheckRange(failures, nameof(options.TcpUserTimeout), options.TcpUserTimeout, TimeSpan.FromSeconds(1), TimeSpan.FromHours(24));
+        if (options.LoopStallThreshold != TimeSpan.Zero)
+        {
+            CheckRange(failures, nameof(options.LoopStallThreshold), options.LoopStallThreshold, TimeSpan.FromMilliseconds(10), TimeSpan.FromHours(1));
+        }
         if (options.TcpKeepAliveProbeCount is < 1 or > 127)
         {
             failures.Add($"EpollTransportOptions.TcpKeepAliveProbeCount is {options.TcpKeepAliveProbeCount}; it must be between 1 and 127, or null for the kernel's default.");

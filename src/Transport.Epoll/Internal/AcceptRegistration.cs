@@ -36,6 +36,9 @@ internal sealed unsafe class AcceptRegistration : IEpollHandler
 
     public ulong Id { get; set; }
 
+    /// <summary>The listening endpoint, as text (for logs).</summary>
+    public string EndPointName => _endPointName;
+
     public EpollLoop Loop { get; }
 
     /// <summary>Adds the socket to the loop's epoll set (callable from any thread: epoll_ctl is thread-safe).</summary>

@@ -23,6 +23,9 @@ internal static partial class EpollLog
     [LoggerMessage(8, LogLevel.Error, "Event loop epoll-{Loop}: a turn failed; the loop goes on.")]
     public static partial void TurnFailed(ILogger logger, int loop, Exception exception);
 
+    [LoggerMessage(9, LogLevel.Warning, "Event loop epoll-{Loop} spent {Milliseconds} ms in one turn serving {What} on {EndPoint}; every connection of the loop waited. Code that blocks must not run on the loop (UnsafePreferInlineScheduling). Reported once per endpoint; epoll.loop.stalls counts each.")]
+    public static partial void LoopStalled(ILogger logger, int loop, long milliseconds, string what, string endPoint);
+
     [LoggerMessage(6, LogLevel.Debug, "Started {Count} event loops.")]
     public static partial void LoopsStarted(ILogger logger, int count);
 

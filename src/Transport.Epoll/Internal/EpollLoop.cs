@@ -52,6 +52,9 @@ internal sealed unsafe partial class EpollLoop : PipeScheduler, IDisposable
     private readonly int _eventFd;
     private int _wakeState;
     private int _terminated;
+    private long _turnStartedAt;
+    private long _turnNumber;
+    private object? _serving;
     private volatile bool _stopRequested;
 
     public EpollLoop(int index, ConnectionTable table, TransportContext context)
@@ -121,6 +124,16 @@ internal sealed unsafe partial class EpollLoop : PipeScheduler, IDisposable
 
     /// <summary>The iovecs and pins of this loop's writev calls (sends happen only on this thread).</summary>
     public WriteScratch WriteScratch { get; } = new();
+
+    /// <summary>When the current turn started (<see cref="Environment.TickCount64"/>), or 0 while the loop waits in
+    /// epoll_wait. Read by the stall watchdog on another thread.</summary>
+    public long TurnStartedAt => Volatile.Read(ref _turnStartedAt);
+
+    /// <summary>Counts turns, so the watchdog reports a long turn once.</summary>
+    public long TurnNumber => Volatile.Read(ref _turnNumber);
+
+    /// <summary>The handler whose event or work the loop is running now (for the watchdog's report), or null.</summary>
+    public object? Serving => Volatile.Read(ref _serving);
 
     /// <summary>True on this loop's own thread.</summary>
     public bool IsCurrentThread => t_current == this;
@@ -363,6 +376,7 @@ internal sealed unsafe partial class EpollLoop : PipeScheduler, IDisposable
             timeout = 0;
         }
 
+        Volatile.Write(ref _turnStartedAt, 0);
         int count = Libc.Wait(_epollFd, events, MaxEventsPerWait, timeout);
         LeaveSleeping();
         if (count < 0)
@@ -380,6 +394,8 @@ internal sealed unsafe partial class EpollLoop : PipeScheduler, IDisposable
         Counters.EpollWaits++;
         Counters.Events += count;
         Now = Environment.TickCount64;
+        _turnNumber++;
+        Volatile.Write(ref _turnStartedAt, Now);
         Context.Metrics.LoopWokeUp(count);
         for (int i = 0; i < count; i++)
         {
@@ -410,11 +426,16 @@ internal sealed unsafe partial class EpollLoop : PipeScheduler, IDisposable
 
         try
         {
+            _serving = handler;
             handler.OnEvents(flags);
         }
         catch (Exception ex)
         {
             HandlerFailed(handler, ex);
+        }
+        finally
+        {
+            _serving = null;
         }
     }
 
@@ -444,6 +465,7 @@ internal sealed unsafe partial class EpollLoop : PipeScheduler, IDisposable
     {
         try
         {
+            _serving = state;
             action(state);
         }
         catch (Exception ex)
@@ -457,6 +479,10 @@ internal sealed unsafe partial class EpollLoop : PipeScheduler, IDisposable
                 EpollLog.ScheduledWorkFailed(_logger, Index, ex);
             }
         }
+        finally
+        {
+            _serving = null;
+        }
     }
 
     /// <summary>
@@ -464,7 +490,7 @@ internal sealed unsafe partial class EpollLoop : PipeScheduler, IDisposable
     /// reason, a file job), or one of its pipes' continuations, which the pipe schedules with the awaiting callback
     /// (a delegate on the connection) as state.
     /// </summary>
-    private static EpollConnection? ConnectionOf(object? state) => state switch
+    public static EpollConnection? ConnectionOf(object? state) => state switch
     {
         EpollConnection connection => connection,
         System.Runtime.CompilerServices.ITuple { Length: > 0 } tuple => tuple[0] as EpollConnection,
@@ -479,11 +505,16 @@ internal sealed unsafe partial class EpollLoop : PipeScheduler, IDisposable
         {
             try
             {
+                _serving = connection;
                 connection.ReadAgain();
             }
             catch (Exception ex)
             {
                 HandlerFailed(connection, ex);
+            }
+            finally
+            {
+                _serving = null;
             }
         }
     }

@@ -23,6 +23,7 @@ internal sealed class EpollMetrics : IDisposable
     private readonly Histogram<int> _eventsPerWakeUp;
     private readonly Counter<long> _sendFileFallbackBytes;
     private long _activeCount;
+    private long _loopStalls;
 
     public EpollMetrics(IMeterFactory? meterFactory = null)
     {
@@ -50,6 +51,7 @@ internal sealed class EpollMetrics : IDisposable
         _meter.CreateObservableCounter("epoll.events", () => Sum().Events, "{event}", "Events returned by epoll_wait.");
         _meter.CreateObservableCounter("epoll.eagain", () => Sum().WouldBlock, "{call}", "Reads and writes that returned EAGAIN.");
         _meter.CreateObservableCounter("epoll.writes.flushing_thread", () => Sum().FlusherWrites, "{call}", "sendmsg(2) calls made on the thread that flushed instead of the loop (SendOnFlushingThread).");
+        _meter.CreateObservableCounter("epoll.loop.stalls", () => Volatile.Read(ref _loopStalls), "{turn}", "Loop turns that ran longer than LoopStallThreshold.");
         _meter.CreateObservableCounter("epoll.writes.partial", () => Sum().PartialWrites, "{call}", "Writes the kernel took only part of (the rest waits for EPOLLOUT).");
     }
 
@@ -116,6 +118,8 @@ internal sealed class EpollMetrics : IDisposable
     public void AcceptBackOff() => _acceptBackOffs.Add(1);
 
     public void StaleEventDropped() => _staleEvents.Add(1);
+
+    public void LoopStalled() => Interlocked.Increment(ref _loopStalls);
 
     public void LoopWokeUp(int events)
     {
