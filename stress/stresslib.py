@@ -9,6 +9,8 @@ Also a command line for the bash scripts:
   python3 stress/stresslib.py echo-load PORT SECONDS N   # N raw echo clients in a loop, prints a summary line
   python3 stress/stresslib.py upload-load URL SECONDS N  # N clients POST /echo (64 KiB..1 MiB) in a loop, SHA-256 checked
   python3 stress/stresslib.py reset-load PORT SECONDS    # connections that send half a request and RST, in a loop
+  python3 stress/stresslib.py log-check LOG [PATTERN WHY]...  # counts fail:/crit: entries and crashes in a server log;
+                                                         # exit 1 if one matches no PATTERN (a regex; WHY explains it)
 """
 
 from __future__ import annotations
@@ -224,6 +226,98 @@ class Server:
 
     def proc_figures(self) -> dict:
         return proc_figures(self.pid)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The server's log: errors and crashes
+# ----------------------------------------------------------------------------------------------------------------
+
+# The console logger's header of an entry ("fail: Category[EventId]", its message on the indented lines after it), and
+# what the runtime prints when the process dies (an unhandled exception, Environment.FailFast).
+_FAILURE_HEADER = re.compile(r"^(?:(?P<level>fail|crit): (?P<category>\S+?)\[(?P<event>\d+)\]|(?P<crash>Unhandled exception\.|Process terminated\.).*)$")
+
+
+class LogFailure:
+    """One fail:/crit: entry of the server's log, or the runtime's own report of a crash."""
+    __slots__ = ("level", "category", "event_id", "text")
+
+    def __init__(self, level: str, category: str, event_id: int, text: str):
+        self.level, self.category, self.event_id, self.text = level, category, event_id, text
+
+    @property
+    def summary(self) -> str:
+        """The header and the first line of the message: what the report prints."""
+        return " ".join(line.strip() for line in self.text.splitlines()[:2])[:300]
+
+    def matches(self, pattern: str) -> bool:
+        return re.search(pattern, self.text, re.S) is not None
+
+    @property
+    def connection_id(self) -> str | None:
+        """Kestrel's connection id the entry names, if any."""
+        m = re.search(r'Connection id "([^"]+)"', self.text)
+        return m.group(1) if m else None
+
+
+def log_failures(text: str) -> list[LogFailure]:
+    """Every fail:/crit: entry (with its indented message and exception lines) and every crash report in a log."""
+    out: list[LogFailure] = []
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        m = _FAILURE_HEADER.match(lines[i])
+        if not m:
+            i += 1
+            continue
+        j = i + 1
+        while j < len(lines) and (lines[j].startswith(" ") or lines[j].startswith("\t") or (m.group("crash") and lines[j])):
+            j += 1
+        block = "\n".join(lines[i:j])
+        if m.group("crash"):
+            out.append(LogFailure("crash", "runtime", 0, block))
+        else:
+            out.append(LogFailure(m.group("level"), m.group("category"), int(m.group("event")), block))
+        i = j
+    return out
+
+
+class LogVerdict:
+    """The server log's errors split into those an expectation explains (what the run provoked on purpose, each with
+    its reason) and those nothing explains (which fail the run). An expectation is (regex over the entry, why) or
+    (callable(entry, every entry of the log) -> bool, why), for an entry that is explained by another one."""
+
+    def __init__(self, text: str, expected: list[tuple] | None = None):
+        self.explained: dict[str, int] = {}
+        self.unexplained: list[LogFailure] = []
+        failures = log_failures(text)
+        self.total = len(failures)
+
+        def matches(failure: LogFailure, pattern) -> bool:
+            return pattern(failure, failures) if callable(pattern) else failure.matches(pattern)
+
+        for failure in failures:
+            why = next((why for pattern, why in expected or [] if matches(failure, pattern)), None)
+            if why is None:
+                self.unexplained.append(failure)
+            else:
+                self.explained[why] = self.explained.get(why, 0) + 1
+
+    @property
+    def ok(self) -> bool:
+        return not self.unexplained
+
+    def describe(self, limit: int = 3) -> str:
+        """One line: the counts, then the first unexplained entries."""
+        parts = [f"{self.total} fail/crit entries, {len(self.unexplained)} unexplained"]
+        parts += [f"{n} x {why}" for why, n in self.explained.items()]
+        text = "; ".join(parts)
+        for failure in self.unexplained[:limit]:
+            text += f"\n      unexplained: {failure.summary}"
+        return text
+
+
+def server_log_verdict(server: "Server", expected: list[tuple] | None = None) -> LogVerdict:
+    return LogVerdict(server.log_text(), expected)
 
 
 def kill_all_servers() -> None:
@@ -636,6 +730,14 @@ def main(argv: list) -> int:
             time.sleep(0.5)
         print(f"reset-load: {n} connections reset")
         return 0
+    if cmd == "log-check":
+        pairs = argv[2:]
+        if len(pairs) % 2:
+            print("log-check: PATTERN without WHY", file=sys.stderr)
+            return 2
+        verdict = LogVerdict(Path(argv[1]).read_text(errors="replace"), list(zip(pairs[0::2], pairs[1::2])))
+        print(f"server log: {verdict.describe(limit=5)}")
+        return 0 if verdict.ok else 1
     print(f"unknown command {cmd}", file=sys.stderr)
     return 2
 
