@@ -39,6 +39,7 @@ public sealed partial class FaultInjectionTests(ITestOutputHelper output)
         string faults = $"seed={seed};rate=0.05;resets=0.002";
         await using var sample = await SampleProcess.StartAsync(faults, output: output);
         sample.Expect(line => IsKestrelErrorOnEnobufsConnection(sample, line), "an injected ENOBUFS on a send fails the connection; /echo's body read throws it");
+        sample.Expect(IsKestrelBodyResetRace, "Kestrel's own race when a connection resets mid-body");
 
         var results = await IntegrityWorkload.RunAsync(sample, seed);
         foreach (var result in results)
@@ -83,6 +84,15 @@ public sealed partial class FaultInjectionTests(ITestOutputHelper output)
         var id = ConnectionIdPattern().Match(line);
         return id.Success && sample.Lines.Any(l => l.Contains($"Connection {id.Groups[1].Value}: socket error ENOBUFS", StringComparison.Ordinal));
     }
+
+    /// <summary>
+    /// Kestrel's own race when a connection resets in the middle of a request body (the Sockets transport too, about 1
+    /// in 500 such resets): the body reader's positions go stale and the endpoint's next AdvanceTo throws.
+    /// </summary>
+    private static bool IsKestrelBodyResetRace(string line) =>
+        line.StartsWith("fail: Microsoft.AspNetCore.Server.Kestrel[13]", StringComparison.Ordinal)
+        && line.Contains("System.ArgumentOutOfRangeException", StringComparison.Ordinal)
+        && (line.Contains("MessageBody.TrackConsumedAndExaminedBytes", StringComparison.Ordinal) || line.Contains("Http1ContentLengthMessageBody.AdvanceTo", StringComparison.Ordinal));
 
     [GeneratedRegex("Connection id \"([^\"]+)\"")]
     private static partial Regex ConnectionIdPattern();
