@@ -32,7 +32,8 @@ public sealed class ColdFileTests(ITestOutputHelper output, TestFiles files) : I
 
         var metrics = await TransportMetrics.CollectAsync(server, async () =>
         {
-            var receiving = DownloadAsync(download, path, size);
+            // Counted, not hashed: hashing 96 MiB would compete with the echo for this machine's CPU.
+            var receiving = DownloadAsync(download, path, size, checkBytes: false);
 
             // Ping-pong on the other connection for as long as the file goes out.
             var latencies = new List<double>();
@@ -77,7 +78,7 @@ public sealed class ColdFileTests(ITestOutputHelper output, TestFiles files) : I
 
         await using var server = await TestServer.StartRawAsync(Transports.Epoll, ServeAsync, epoll: o => o.ThreadCount = 1, output: output);
         using var download = await Client.ConnectAsync(server.EndPoint);
-        var metrics = await TransportMetrics.CollectAsync(server, () => DownloadAsync(download, path, size));
+        var metrics = await TransportMetrics.CollectAsync(server, () => DownloadAsync(download, path, size, checkBytes: true));
 
         long offloads = metrics.GetValueOrDefault("epoll.sendfile.offloads");
         output.WriteLine($"{kernel}; slices sent from a worker: {offloads}");
@@ -117,8 +118,8 @@ public sealed class ColdFileTests(ITestOutputHelper output, TestFiles files) : I
             ? "cachestat(2) answers (slices found cached are sent from the loop, the others from a worker)"
             : "cachestat(2) does not answer (every slice is sent from a worker)");
 
-    /// <summary>Asks for the whole file and reads the response (the protocol's markers around the file's bytes), checking the bytes.</summary>
-    private static Task DownloadAsync(System.Net.Sockets.Socket socket, string path, long size) => Task.Run(async () =>
+    /// <summary>Asks for the whole file and reads the response (the protocol's markers around the file's bytes), checking the file's bytes when asked.</summary>
+    private static Task DownloadAsync(System.Net.Sockets.Socket socket, string path, long size, bool checkBytes) => Task.Run(async () =>
     {
         await socket.SendAllAsync($"{path} 0 {size}\n");
         var buffer = new byte[256 * 1024];
@@ -132,7 +133,7 @@ public sealed class ColdFileTests(ITestOutputHelper output, TestFiles files) : I
 
             // The part of this read that is the file's, between the markers.
             long from = Math.Max(received, FileProtocol.Begin.Length), to = Math.Min(received + n, FileProtocol.Begin.Length + size);
-            if (to > from)
+            if (checkBytes && to > from)
             {
                 sha.AppendData(buffer, (int)(from - received), (int)(to - from));
             }
@@ -141,7 +142,10 @@ public sealed class ColdFileTests(ITestOutputHelper output, TestFiles files) : I
         }
 
         Assert.Equal(expected, received);
-        Assert.Equal(TestFiles.Hash(path, 0, size), Convert.ToHexString(sha.GetHashAndReset()));
+        if (checkBytes)
+        {
+            Assert.Equal(TestFiles.Hash(path, 0, size), Convert.ToHexString(sha.GetHashAndReset()));
+        }
     });
 
     /// <summary>"echo\n" makes the connection an echo; any other line is the file protocol.</summary>
