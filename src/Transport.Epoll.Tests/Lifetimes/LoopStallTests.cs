@@ -58,7 +58,7 @@ public sealed class LoopStallTests(ITestOutputHelper output)
         });
 
         Assert.True(metrics["epoll.loop.stalls"] >= 2, $"stalls counted: {metrics["epoll.loop.stalls"]}");
-        string warning = Assert.Single(server.Logs.Entries, e => e.Contains("(9):", StringComparison.Ordinal));
+        string warning = Assert.Single(server.Logs.Entries, e => e.Category == "Transport.Epoll" && e.EventId.Id == 9).Message;
         Assert.Contains(server.EndPoint.ToString()!, warning, StringComparison.Ordinal);
         Assert.Contains("UnsafePreferInlineScheduling", warning, StringComparison.Ordinal);
 
