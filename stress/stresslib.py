@@ -9,6 +9,8 @@ Also a command line for the bash scripts:
   python3 stress/stresslib.py echo-load PORT SECONDS N   # N raw echo clients in a loop, prints a summary line
   python3 stress/stresslib.py upload-load URL SECONDS N  # N clients POST /echo (64 KiB..1 MiB) in a loop, SHA-256 checked
   python3 stress/stresslib.py reset-load PORT SECONDS    # connections that send half a request and RST, in a loop
+  python3 stress/stresslib.py log-check LOG [PATTERN WHY]...  # counts fail:/crit: entries and crashes in a server log;
+                                                         # exit 1 if one matches no PATTERN (a regex; WHY explains it)
 """
 
 from __future__ import annotations
@@ -131,6 +133,7 @@ def raise_nofile(n: int) -> int:
 # The server
 # ----------------------------------------------------------------------------------------------------------------
 
+_log_verdicts: list[tuple[str, "LogVerdict"]] = []
 _STARTED = re.compile(r"WebApp: transport=(\S+) http=http://[^ ]*:(\d+) echo=tcp://\S*:(\d+)")
 _servers: list["Server"] = []
 
@@ -143,6 +146,9 @@ class Server:
                  nofile: int | None = None, cpu: int | None = None, name: str = "server", log_dir: Path | None = None,
                  start_timeout: float = 60.0):
         self.transport = transport
+        self.name = name
+        self.expected_log_failures: list[tuple] = []
+        self.verdict: LogVerdict | None = None
         self.log_path = (log_dir or BIN / "logs") / f"{name}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         cmd = ["dotnet", str(APP_DLL), "--urls", f"http://{HOST}:0", "--EchoPort", "0", "--Transport", transport]
@@ -193,6 +199,18 @@ class Server:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def expect(self, pattern, why: str) -> None:
+        """Declares errors this run provokes on purpose (see LogVerdict); every other fail:/crit: entry fails the script."""
+        self.expected_log_failures.append((pattern, why))
+
+    def log_verdict(self) -> LogVerdict:
+        return LogVerdict(self.log_text(), self.expected_log_failures)
+
+    def _record_log_verdict(self) -> None:
+        if self.verdict is None:
+            self.verdict = self.log_verdict()
+            _log_verdicts.append((self.name, self.verdict))
+
     def stop(self, timeout: float = 10.0) -> int | None:
         """SIGTERM, then SIGKILL after timeout. Returns the exit code."""
         if self.proc.poll() is None:
@@ -205,6 +223,7 @@ class Server:
                     os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
         self._log.close()
+        self._record_log_verdict()
         if self in _servers:
             _servers.remove(self)
         return self.proc.returncode
@@ -215,6 +234,7 @@ class Server:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
         self._log.close()
+        self._record_log_verdict()
         if self in _servers:
             _servers.remove(self)
 
@@ -224,6 +244,124 @@ class Server:
 
     def proc_figures(self) -> dict:
         return proc_figures(self.pid)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The server's log: errors and crashes
+# ----------------------------------------------------------------------------------------------------------------
+
+# The console logger's header of an entry ("fail: Category[EventId]", its message on the indented lines after it), and
+# what the runtime prints when the process dies (an unhandled exception, Environment.FailFast).
+_FAILURE_HEADER = re.compile(r"^(?:(?P<level>fail|crit): (?P<category>\S+?)\[(?P<event>\d+)\]|(?P<crash>Unhandled exception\.|Process terminated\.).*)$")
+
+
+class LogFailure:
+    """One fail:/crit: entry of the server's log, or the runtime's own report of a crash."""
+    __slots__ = ("level", "category", "event_id", "text")
+
+    def __init__(self, level: str, category: str, event_id: int, text: str):
+        self.level, self.category, self.event_id, self.text = level, category, event_id, text
+
+    @property
+    def summary(self) -> str:
+        """The header and the first line of the message: what the report prints."""
+        return " ".join(line.strip() for line in self.text.splitlines()[:2])[:300]
+
+    def matches(self, pattern: str) -> bool:
+        return re.search(pattern, self.text, re.S) is not None
+
+    @property
+    def connection_id(self) -> str | None:
+        """Kestrel's connection id the entry names, if any."""
+        m = re.search(r'Connection id "([^"]+)"', self.text)
+        return m.group(1) if m else None
+
+
+def log_failures(text: str) -> list[LogFailure]:
+    """Every fail:/crit: entry (with its indented message and exception lines) and every crash report in a log."""
+    out: list[LogFailure] = []
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        m = _FAILURE_HEADER.match(lines[i])
+        if not m:
+            i += 1
+            continue
+        j = i + 1
+        while j < len(lines) and (lines[j].startswith(" ") or lines[j].startswith("\t") or (m.group("crash") and lines[j])):
+            j += 1
+        block = "\n".join(lines[i:j])
+        if m.group("crash"):
+            out.append(LogFailure("crash", "runtime", 0, block))
+        else:
+            out.append(LogFailure(m.group("level"), m.group("category"), int(m.group("event")), block))
+        i = j
+    return out
+
+
+class LogVerdict:
+    """The server log's errors split into those an expectation explains (what the run provoked on purpose, each with
+    its reason) and those nothing explains (which fail the run). An expectation is (regex over the entry, why) or
+    (callable(entry, the whole log text) -> bool, why), for an entry that another line of the log explains."""
+
+    def __init__(self, text: str, expected: list[tuple] | None = None):
+        self.explained: dict[str, int] = {}
+        self.unexplained: list[LogFailure] = []
+        failures = log_failures(text)
+        self.total = len(failures)
+
+        def matches(failure: LogFailure, pattern) -> bool:
+            return pattern(failure, text) if callable(pattern) else failure.matches(pattern)
+
+        for failure in failures:
+            why = next((why for pattern, why in expected or [] if matches(failure, pattern)), None)
+            if why is None:
+                self.unexplained.append(failure)
+            else:
+                self.explained[why] = self.explained.get(why, 0) + 1
+
+    @property
+    def ok(self) -> bool:
+        return not self.unexplained
+
+    def describe(self, limit: int = 3) -> str:
+        """One line: the counts, then the first unexplained entries."""
+        parts = [f"{self.total} fail/crit entries, {len(self.unexplained)} unexplained"]
+        parts += [f"{n} x {why}" for why, n in self.explained.items()]
+        text = "; ".join(parts)
+        for failure in self.unexplained[:limit]:
+            text += f"\n      unexplained: {failure.summary}"
+        return text
+
+
+# Kestrel's own race, on the Sockets transport too: a client that resets in the middle of a request body can leave the
+# body reader's positions stale, and the endpoint's next AdvanceTo throws (about 1 in 500 such resets).
+KESTREL_BODY_RESET_RACE = (
+    r"^fail: Microsoft\.AspNetCore\.Server\.Kestrel\[13\].*\n\s+System\.ArgumentOutOfRangeException: .*"
+    r"(MessageBody\.TrackConsumedAndExaminedBytes|Http1ContentLengthMessageBody\.AdvanceTo)",
+    "Kestrel's race when a client resets mid-body (Sockets too)")
+
+
+def log_bar(exit_code: int) -> int:
+    """Prints what every server this script stopped logged as errors, and turns a passing exit code into a failing one
+    when any server logged an error or a crash that nothing explains. Every script ends through it."""
+    total = sum(v.total for _, v in _log_verdicts)
+    unexplained = [(name, v) for name, v in _log_verdicts if not v.ok]
+    explained: dict[str, int] = {}
+    for _, v in _log_verdicts:
+        for why, n in v.explained.items():
+            explained[why] = explained.get(why, 0) + n
+    line = (f"server logs: {len(_log_verdicts)} servers, {total} fail/crit entries, "
+            f"{sum(len(v.unexplained) for _, v in unexplained)} unexplained")
+    if explained:
+        line += " (explained: " + ", ".join(f"{n} x {why}" for why, n in explained.items()) + ")"
+    print(line, flush=True)
+    for name, v in unexplained:
+        for failure in v.unexplained[:3]:
+            print(f"  {name}: {failure.summary}", flush=True)
+    if unexplained and exit_code == 0:
+        return 1
+    return exit_code
 
 
 def kill_all_servers() -> None:
@@ -636,6 +774,14 @@ def main(argv: list) -> int:
             time.sleep(0.5)
         print(f"reset-load: {n} connections reset")
         return 0
+    if cmd == "log-check":
+        pairs = argv[2:]
+        if len(pairs) % 2:
+            print("log-check: PATTERN without WHY", file=sys.stderr)
+            return 2
+        verdict = LogVerdict(Path(argv[1]).read_text(errors="replace"), list(zip(pairs[0::2], pairs[1::2])))
+        print(f"server log: {verdict.describe(limit=5)}")
+        return 0 if verdict.ok else 1
     print(f"unknown command {cmd}", file=sys.stderr)
     return 2
 

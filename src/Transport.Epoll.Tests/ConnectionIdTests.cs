@@ -35,7 +35,7 @@ public sealed class ConnectionIdTests(ITestOutputHelper output)
             {
                 await Handlers.EchoAsync(connection);
             }
-            catch (Exception)
+            catch (ConnectionResetException)
             {
                 // A is reset by its client.
             }
@@ -88,21 +88,15 @@ public sealed class ConnectionIdTests(ITestOutputHelper output)
             {
                 await a.Context.Transport.Output.WriteAsync(Encoding.ASCII.GetBytes("LATE-WRITE-FOR-A")).WithTimeout();
             }
-            catch (Exception ex) when (ex is not TimeoutException)
+            catch (Exception ex) when (ex is ConnectionResetException or ConnectionAbortedException)
             {
+                // A's output ended with its reset: the late write may report it.
                 output.WriteLine($"Late write for A threw {ex.GetType().Name}.");
             }
 
             a.Context.Abort(new ConnectionAbortedException("Late abort of A."));
-            try
-            {
-                await a.Context.Transport.Output.CompleteAsync();
-                await a.Context.Transport.Input.CompleteAsync();
-            }
-            catch (Exception ex)
-            {
-                output.WriteLine($"Late completion for A threw {ex.GetType().Name}.");
-            }
+            await a.Context.Transport.Output.CompleteAsync();
+            await a.Context.Transport.Input.CompleteAsync();
 
             a.Release.SetResult();
 
@@ -124,7 +118,7 @@ public sealed class ConnectionIdTests(ITestOutputHelper output)
     }
 
     [Fact]
-    public async Task Connection_ids_are_never_reused_even_when_fds_are()
+    public async Task Two_hundred_connections_that_reuse_fds_get_two_hundred_different_ids()
     {
         var seen = new List<(ulong Id, int Fd, string ConnectionId)>();
         await using var server = await TestServer.StartRawAsync(Transports.Epoll, async connection =>

@@ -38,7 +38,7 @@ public sealed class LeakTests(ITestOutputHelper output)
     [Theory, BothTransports]
     public async Task Connections_the_peer_resets_leave_no_fd_behind(string transport)
     {
-        await using var server = await TestServer.StartRawAsync(transport, Handlers.EchoAsync, output: output);
+        await using var server = await TestServer.StartRawAsync(transport, Handlers.EchoUntilResetAsync, output: output);
         int baseline = await SettledFdCountAsync();
         var before = ProcessInfo.OpenFds();
         int tableBaseline = ConnectionTable.Shared.Count;

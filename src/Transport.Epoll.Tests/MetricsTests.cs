@@ -9,7 +9,7 @@ public sealed class MetricsTests(ITestOutputHelper output)
     [Fact]
     public async Task The_meter_counts_connections_bytes_and_close_reasons()
     {
-        await using var server = await TestServer.StartRawAsync(Transports.Epoll, Handlers.EchoAsync, output: output);
+        await using var server = await TestServer.StartRawAsync(Transports.Epoll, Handlers.EchoUntilResetAsync, output: output);
 
         var totals = await TransportMetrics.CollectAsync(server, async () =>
         {

@@ -182,8 +182,9 @@ public sealed class OptionsTests(ITestOutputHelper output)
     [InlineData("after")]
     public async Task UseEpollTransport_works_called_before_or_after_UseKestrel_on_a_generic_host(string order)
     {
+        var logs = new LogSink(output);
         using var host = new HostBuilder()
-            .ConfigureLogging(logging => logging.ClearProviders())
+            .ConfigureLogging(logging => logging.ClearProviders().AddProvider(logs))
             .ConfigureWebHost(web =>
             {
                 if (order == "before")
@@ -214,6 +215,8 @@ public sealed class OptionsTests(ITestOutputHelper output)
             using var stop = Timeouts.Cts();
             await host.StopAsync(stop.Token);
         }
+
+        logs.AssertNoUnexpectedFailures();
     }
 
     [Fact]

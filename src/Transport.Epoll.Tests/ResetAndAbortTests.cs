@@ -150,7 +150,7 @@ public sealed class ResetAndAbortTests(ITestOutputHelper output)
             var result = await connection.Transport.Input.ReadAsync();
             connection.Transport.Input.AdvanceTo(result.Buffer.End);
 
-            // Data still buffered for sending is dropped by the abort, not delivered.
+            // Output written but not yet flushed is dropped by the abort, not delivered (checked by the client).
             connection.Transport.Output.Write(new byte[100_000]);
             connection.Abort(new ConnectionAbortedException("The test aborts the connection."));
             await closed.Task.WithTimeout();
@@ -160,15 +160,19 @@ public sealed class ResetAndAbortTests(ITestOutputHelper output)
         using var socket = await Client.ConnectAsync(server.EndPoint);
         await socket.SendAllAsync("abort me");
 
+        long received = 0;
         var ex = await Assert.ThrowsAsync<SocketException>(async () =>
         {
-            // Whatever arrives before the reset is drained; EOF instead of the reset fails the test.
+            // Whatever arrives before the reset is counted; EOF instead of the reset fails the test.
             var buffer = new byte[64 * 1024];
-            while (await socket.ReceiveOnceAsync(buffer) > 0)
+            int n;
+            while ((n = await socket.ReceiveOnceAsync(buffer)) > 0)
             {
+                received += n;
             }
         });
         Assert.Equal(SocketError.ConnectionReset, ex.SocketErrorCode);
+        Assert.True(received == 0, $"{received} bytes of the output the abort dropped reached the client.");
 
         var reason = await closeReason.Task.WithTimeout();
         if (Transports.IsEpoll(transport))

@@ -32,6 +32,21 @@ public static class Handlers
         await output.CompleteAsync();
     }
 
+    /// <summary>
+    /// <see cref="EchoAsync"/> for tests whose clients reset: a peer's reset ends the connection quietly, as a real
+    /// server's handler would take it (left to Kestrel, each one is logged as an unhandled exception).
+    /// </summary>
+    public static async Task EchoUntilResetAsync(ConnectionContext connection)
+    {
+        try
+        {
+            await EchoAsync(connection);
+        }
+        catch (ConnectionResetException)
+        {
+        }
+    }
+
     /// <summary>Reads from <paramref name="input"/> until it completes, and returns every byte.</summary>
     public static async Task<byte[]> ReadToEndAsync(PipeReader input)
     {

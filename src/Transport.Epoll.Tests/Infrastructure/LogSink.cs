@@ -4,12 +4,54 @@ using Xunit.Abstractions;
 
 namespace Transport.Epoll.Tests.Infrastructure;
 
-/// <summary>Keeps what the server logs (warnings and up) and echoes it to the test's output when there is one.</summary>
+/// <summary>One line a server logged.</summary>
+public sealed record LogEntry(LogLevel Level, string Category, EventId EventId, string Message, Exception? Exception)
+{
+    /// <summary>An error or a crash: what a production server alerts on.</summary>
+    public bool IsFailure => Level >= LogLevel.Error;
+
+    public override string ToString() =>
+        $"[{Level}] {Category}({EventId.Id}{(EventId.Name is { } name ? ":" + name : "")}): {Message}{(Exception is null ? "" : " " + Exception)}";
+}
+
+/// <summary>
+/// Keeps what a server logs (warnings and up) and echoes it to the test's output when there is one. An error or a
+/// crash the test did not declare with <see cref="Expect"/> fails the test: <see cref="TestServer"/> calls
+/// <see cref="AssertNoUnexpectedFailures"/> when it is disposed, so no test can forget to look.
+/// </summary>
 public sealed class LogSink(ITestOutputHelper? output) : ILoggerProvider
 {
-    private readonly ConcurrentQueue<string> _entries = new();
+    private readonly ConcurrentQueue<LogEntry> _entries = new();
+    private readonly ConcurrentQueue<(Func<LogEntry, bool> Matches, string Why)> _expected = new();
 
-    public IReadOnlyCollection<string> Entries => _entries;
+    public IReadOnlyCollection<LogEntry> Entries => _entries;
+
+    /// <summary>Errors and crashes no <see cref="Expect"/> explains.</summary>
+    public IReadOnlyList<LogEntry> UnexpectedFailures =>
+        _entries.Where(e => e.IsFailure && !_expected.Any(x => x.Matches(e))).ToList();
+
+    /// <summary>
+    /// Declares errors the test provokes on purpose (a handler that throws, a start-up that must fail). Keep it
+    /// narrow: match the category and event id, and the exception's type where there is one. <paramref name="why"/>
+    /// says what provokes it (it is printed when the entry is seen).
+    /// </summary>
+    public void Expect(Func<LogEntry, bool> matches, string why) => _expected.Enqueue((matches, why));
+
+    /// <summary><see cref="Expect"/> for one event of one category (the category's name, or its end).</summary>
+    public void Expect(string category, int eventId, string why) =>
+        Expect(e => e.EventId.Id == eventId && (e.Category == category || e.Category.EndsWith("." + category, StringComparison.Ordinal)), why);
+
+    /// <summary>Throws when the server logged an error or a crash that the test did not declare.</summary>
+    public void AssertNoUnexpectedFailures()
+    {
+        var unexpected = UnexpectedFailures;
+        if (unexpected.Count > 0)
+        {
+            throw new UnexpectedLogException(
+                $"The server logged {unexpected.Count} error(s) the test did not expect (declare provoked ones with Logs.Expect):\n" +
+                string.Join('\n', unexpected.Take(5)));
+        }
+    }
 
     public ILogger CreateLogger(string categoryName) => new Logger(this, categoryName);
 
@@ -17,12 +59,13 @@ public sealed class LogSink(ITestOutputHelper? output) : ILoggerProvider
     {
     }
 
-    private void Add(string entry)
+    private void Add(LogEntry entry)
     {
         _entries.Enqueue(entry);
         try
         {
-            output?.WriteLine(entry);
+            string? why = entry.IsFailure ? _expected.FirstOrDefault(x => x.Matches(entry)).Why : null;
+            output?.WriteLine(why is null ? entry.ToString() : $"{entry} (expected: {why})");
         }
         catch (InvalidOperationException)
         {
@@ -41,8 +84,11 @@ public sealed class LogSink(ITestOutputHelper? output) : ILoggerProvider
         {
             if (IsEnabled(logLevel))
             {
-                sink.Add($"[{logLevel}] {category}({eventId.Id}): {formatter(state, exception)}{(exception is null ? "" : " " + exception)}");
+                sink.Add(new LogEntry(logLevel, category, eventId, formatter(state, exception), exception));
             }
         }
     }
 }
+
+/// <summary>A server logged an error or a crash its test did not declare.</summary>
+public sealed class UnexpectedLogException(string message) : Exception(message);

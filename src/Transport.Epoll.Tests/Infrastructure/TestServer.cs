@@ -46,13 +46,15 @@ public sealed class TestServerOptions
     /// <summary>When false the transport is registered by the test's <see cref="ConfigureBuilder"/> itself.</summary>
     public bool RegisterTransport { get; init; } = true;
 
-    /// <summary>Receives warnings and errors the server logs.</summary>
+    /// <summary>Receives warnings and errors the server logs (which <see cref="TestServer.Logs"/> keeps either way).</summary>
     public ITestOutputHelper? Output { get; init; }
 }
 
 /// <summary>
 /// A real Kestrel on loopback over the chosen transport. Every connection it accepts is checked to have been served
-/// by that transport (an epoll host whose connections lack <see cref="IEpollConnectionFeature"/> fails on dispose).
+/// by that transport (an epoll host whose connections lack <see cref="IEpollConnectionFeature"/> fails on dispose), and
+/// an error or a crash logged by the transport, Kestrel or the application fails on dispose unless the test declared it
+/// with <see cref="LogSink.Expect(Func{LogEntry, bool}, string)"/> on <see cref="Logs"/>.
 /// </summary>
 public sealed class TestServer : IAsyncDisposable
 {
@@ -247,5 +249,8 @@ public sealed class TestServer : IAsyncDisposable
         {
             throw new InvalidOperationException("The wrong transport served connections: " + string.Join(" ", _wrongTransport.Take(3)));
         }
+
+        // After the host is gone, so errors of the shutdown count too.
+        Logs.AssertNoUnexpectedFailures();
     }
 }

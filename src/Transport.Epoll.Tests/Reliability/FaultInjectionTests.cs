@@ -1,3 +1,4 @@
+using System.Text.RegularExpressions;
 using Transport.Epoll.Tests.Infrastructure;
 using Xunit.Abstractions;
 
@@ -8,7 +9,7 @@ namespace Transport.Epoll.Tests.Reliability;
 /// EINTR, EAGAIN, short reads, 1-byte and partial writes, EMFILE on accept at 5% of the calls. The CI-sized version of
 /// the stress script's 200 seeds; the seed is in every failure message, so a failure can be replayed.
 /// </summary>
-public sealed class FaultInjectionTests(ITestOutputHelper output)
+public sealed partial class FaultInjectionTests(ITestOutputHelper output)
 {
     [Theory]
     [InlineData(1)]
@@ -37,6 +38,8 @@ public sealed class FaultInjectionTests(ITestOutputHelper output)
         const int seed = 5;
         string faults = $"seed={seed};rate=0.05;resets=0.002";
         await using var sample = await SampleProcess.StartAsync(faults, output: output);
+        sample.Expect(line => IsKestrelErrorOnEnobufsConnection(sample, line), "an injected ENOBUFS on a send fails the connection; /echo's body read throws it");
+        sample.Expect(IsKestrelBodyResetRace, "Kestrel's own race when a connection resets mid-body");
 
         var results = await IntegrityWorkload.RunAsync(sample, seed);
         foreach (var result in results)
@@ -56,13 +59,41 @@ public sealed class FaultInjectionTests(ITestOutputHelper output)
         AssertNoTransportFailureLogged(sample, faults);
     }
 
-    /// <summary>Injected faults are ordinary kernel behaviour: the transport may log warnings, never an error or a crash.</summary>
-    private static void AssertNoTransportFailureLogged(SampleProcess sample, string faults)
+    /// <summary>
+    /// Injected faults are ordinary kernel behaviour: the transport may log warnings, never an error or a crash, and
+    /// neither may Kestrel or the sample, except for what a test declared.
+    /// </summary>
+    private static void AssertNoTransportFailureLogged(SampleProcess sample, string faults) =>
+        sample.AssertNoUnexpectedFailures($"TRANSPORT_EPOLL_FAULTS={faults}");
+
+    /// <summary>
+    /// ENOBUFS on a send is a socket error: the transport closes the connection with a warning (event 202) and completes
+    /// its input with the error, so the /echo endpoint's body read throws it and Kestrel logs it as the application's
+    /// (event 13; Sockets completes its input with the SocketException the same way), and Kestrel's request-body state
+    /// is left mid-read (event 67 when it drains the body, or an ArgumentOutOfRangeException from the body's AdvanceTo).
+    /// Explained only on a connection the transport reported the ENOBUFS for.
+    /// </summary>
+    private static bool IsKestrelErrorOnEnobufsConnection(SampleProcess sample, string line)
     {
-        var failures = sample.Lines.Where(l =>
-            l.StartsWith("crit:", StringComparison.Ordinal)
-            || l.StartsWith("fail: Transport.Epoll", StringComparison.Ordinal)
-            || l.Contains("Unhandled exception", StringComparison.Ordinal)).ToList();
-        Assert.True(failures.Count == 0, $"TRANSPORT_EPOLL_FAULTS={faults}: the transport logged failures:\n{string.Join('\n', failures.Take(10))}");
+        if (!line.StartsWith("fail: Microsoft.AspNetCore.Server.Kestrel[13]", StringComparison.Ordinal)
+            && !line.StartsWith("fail: Microsoft.AspNetCore.Server.Kestrel[67]", StringComparison.Ordinal))
+        {
+            return false;
+        }
+
+        var id = ConnectionIdPattern().Match(line);
+        return id.Success && sample.Lines.Any(l => l.Contains($"Connection {id.Groups[1].Value}: socket error ENOBUFS", StringComparison.Ordinal));
     }
+
+    /// <summary>
+    /// Kestrel's own race when a connection resets in the middle of a request body (the Sockets transport too, about 1
+    /// in 500 such resets): the body reader's positions go stale and the endpoint's next AdvanceTo throws.
+    /// </summary>
+    private static bool IsKestrelBodyResetRace(string line) =>
+        line.StartsWith("fail: Microsoft.AspNetCore.Server.Kestrel[13]", StringComparison.Ordinal)
+        && line.Contains("System.ArgumentOutOfRangeException", StringComparison.Ordinal)
+        && (line.Contains("MessageBody.TrackConsumedAndExaminedBytes", StringComparison.Ordinal) || line.Contains("Http1ContentLengthMessageBody.AdvanceTo", StringComparison.Ordinal));
+
+    [GeneratedRegex("Connection id \"([^\"]+)\"")]
+    private static partial Regex ConnectionIdPattern();
 }

@@ -13,7 +13,9 @@ namespace Transport.Epoll.Tests.Reliability;
 /// The sample (samples/WebApp) as a child process on 127.0.0.1, HTTP and raw echo on ports the kernel picks. For what
 /// is per process: fault injection (<c>TRANSPORT_EPOLL_FAULTS</c> is read once, at start-up) and fd limits. The test
 /// project builds the sample (a ProjectReference without the assembly), so it is found next to the sources, in the
-/// configuration the tests were built in. Disposing kills the process.
+/// configuration the tests were built in. Disposing kills the process, then fails when the process logged an error or a
+/// crash (a <c>fail:</c> or <c>crit:</c> line, the runtime's report of an unhandled exception) that the test did not
+/// declare with <see cref="Expect"/>.
 /// </summary>
 public sealed partial class SampleProcess : IAsyncDisposable
 {
@@ -23,6 +25,7 @@ public sealed partial class SampleProcess : IAsyncDisposable
     private readonly List<(string Text, TaskCompletionSource<string> Seen)> _watches = [];
     private readonly Lock _lock = new();
     private readonly ITestOutputHelper? _output;
+    private readonly ConcurrentQueue<(Func<string, bool> Matches, string Why)> _expected = new();
 
     private SampleProcess(Process process, ITestOutputHelper? output)
     {
@@ -47,6 +50,27 @@ public sealed partial class SampleProcess : IAsyncDisposable
 
     /// <summary>Everything the process printed so far (stdout and stderr), one entry per line.</summary>
     public IReadOnlyCollection<string> Lines => _lines;
+
+    /// <summary>Lines that report an error or a crash (the console logger's <c>fail:</c> and <c>crit:</c>, one line per entry here).</summary>
+    public IReadOnlyList<string> Failures => _lines.Where(IsFailure).ToList();
+
+    /// <summary>Failures no <see cref="Expect"/> explains.</summary>
+    public IReadOnlyList<string> UnexpectedFailures => _lines.Where(l => IsFailure(l) && !_expected.Any(x => x.Matches(l))).ToList();
+
+    /// <summary>Declares error lines the test provokes on purpose; narrow (category, event id, exception), with the reason.</summary>
+    public void Expect(Func<string, bool> matches, string why) => _expected.Enqueue((matches, why));
+
+    /// <summary>Throws when the process logged an error or a crash the test did not declare.</summary>
+    public void AssertNoUnexpectedFailures(string? context = null)
+    {
+        var unexpected = UnexpectedFailures;
+        if (unexpected.Count > 0)
+        {
+            throw new UnexpectedLogException(
+                $"{context}{(context is null ? "" : ": ")}the sample logged {unexpected.Count} error(s) the test did not expect (declare provoked ones with Expect):\n" +
+                string.Join('\n', unexpected.Take(5)));
+        }
+    }
 
     /// <summary>The last lines the process printed, for failure messages.</summary>
     public string Tail(int count = 30) => string.Join('\n', _lines.TakeLast(count));
@@ -121,12 +145,12 @@ public sealed partial class SampleProcess : IAsyncDisposable
         }
         catch (TimeoutException)
         {
-            await sample.DisposeAsync();
+            await sample.KillAsync();
             throw new TimeoutException($"The sample printed no start line within {Timeouts.Bulk}:\n{sample.Tail()}");
         }
         catch
         {
-            await sample.DisposeAsync();
+            await sample.KillAsync();
             throw;
         }
     }
@@ -177,6 +201,12 @@ public sealed partial class SampleProcess : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
+        await KillAsync();
+        AssertNoUnexpectedFailures();
+    }
+
+    private async Task KillAsync()
+    {
         try
         {
             if (!_process.HasExited)
@@ -195,6 +225,12 @@ public sealed partial class SampleProcess : IAsyncDisposable
             _process.Dispose();
         }
     }
+
+    private static bool IsFailure(string line) =>
+        line.StartsWith("fail:", StringComparison.Ordinal)
+        || line.StartsWith("crit:", StringComparison.Ordinal)
+        || line.StartsWith("Unhandled exception.", StringComparison.Ordinal)
+        || line.StartsWith("Process terminated.", StringComparison.Ordinal);
 
     private void OnLine(string? line)
     {
