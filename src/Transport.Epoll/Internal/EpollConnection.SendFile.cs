@@ -84,7 +84,13 @@ internal sealed partial class EpollConnection
 
     private void StartFileJobOnLoop(SendFileJob job)
     {
-        if (_fd < 0 || _sendCompleted)
+        if (_fd < 0)
+        {
+            FailFileJobAfterClose(job, ClosedBeforeFileSent());
+            return;
+        }
+
+        if (_sendCompleted)
         {
             job.Fail(ClosedBeforeFileSent());
             return;
@@ -302,18 +308,19 @@ internal sealed partial class EpollConnection
     /// <summary>Ends the job with the failure PumpFile recorded and closes the connection (never sent short).</summary>
     private void FailFileJob()
     {
-        SendFileJob? job = _fileJob;
-        _fileJob = null;
         Error socketError = _fileSocketError;
         Exception? failure = _fileFailure;
         _fileFailure = null;
         _fileSocketError = Error.Success;
         if (socketError != Error.Success)
         {
+            // The peer is gone: the close ends the job (AbandonFileJob), after ConnectionClosed.
             OnSocketError(socketError);
-            job?.Fail(_closeError ?? new ConnectionResetException(Errno.Describe(socketError)));
             return;
         }
+
+        SendFileJob? job = _fileJob;
+        _fileJob = null;
 
         failure ??= new IOException("The file could not be sent.");
         job?.Fail(failure);
@@ -321,7 +328,8 @@ internal sealed partial class EpollConnection
         AbortOnLoop(new ConnectionAbortedException(failure.Message, failure), EpollCloseReason.Error);
     }
 
-    /// <summary>The loop closed the connection: the job in flight, if any, fails with the close's reason.</summary>
+    /// <summary>The loop closed the connection: the job in flight, if any, fails with the close's reason (once
+    /// ConnectionClosed's callbacks ran, see EpollConnection.CloseReport.cs).</summary>
     private void AbandonFileJob()
     {
         SendFileJob? job = _fileJob;
@@ -331,7 +339,7 @@ internal sealed partial class EpollConnection
         }
 
         _fileJob = null;
-        job.Fail(ClosedBeforeFileSent());
+        FailFileJobAfterClose(job, ClosedBeforeFileSent());
     }
 
     private ConnectionAbortedException ClosedBeforeFileSent() => _closeError switch
