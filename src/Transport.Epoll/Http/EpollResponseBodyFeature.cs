@@ -89,7 +89,28 @@ internal sealed class EpollResponseBodyFeature(HttpContext context, IHttpRespons
             return;
         }
 
-        await WritePlaceholdersAsync(writer, size, sending, cancellationToken).ConfigureAwait(false);
+        try
+        {
+            await WritePlaceholdersAsync(writer, size, sending, cancellationToken).ConfigureAwait(false);
+        }
+        catch
+        {
+            // Kestrel refused a placeholder (more bytes than the Content-Length, the request aborted): the job would
+            // wait for the rest forever, and the file must not be disposed while the loop still sends from it. End
+            // the job (part of the body is out: the connection is aborted) and wait for the loop to let go of it.
+            connection.CancelFileJob(job);
+            try
+            {
+                await sending.ConfigureAwait(false);
+            }
+            catch (Exception)
+            {
+                // It ends as cancelled, or with the close that came first; the placeholder's error is the one to report.
+            }
+
+            throw;
+        }
+
         await sending.ConfigureAwait(false);
     }
 

@@ -82,6 +82,14 @@ internal sealed partial class EpollConnection
         }
     }
 
+    /// <summary>Ends <paramref name="job"/> from the application's thread, as a cancellation of its token would.</summary>
+    internal void CancelFileJob(SendFileJob job)
+        => Loop.Schedule(static state =>
+        {
+            var (connection, job) = ((EpollConnection, SendFileJob))state!;
+            connection.CancelFileJobOnLoop(job, CancellationToken.None);
+        }, (this, job));
+
     private void StartFileJobOnLoop(SendFileJob job)
     {
         if (_fd < 0)
@@ -377,17 +385,30 @@ internal sealed partial class EpollConnection
     }
 
     /// <summary>Sends a slice that may need the disk from a thread-pool thread. False when no worker could start (no
-    /// descriptor left for the duplicate): the loop then sends the slice itself.</summary>
+    /// descriptor left for the duplicate, or the caller's handle already disposed): the loop then sends the slice itself.</summary>
     private bool StartFileWorker(SendFileJob job, long slice)
     {
-        int socket = Libc.Duplicate(_fd);
-        if (socket < 0)
+        // The worker's own reference on the file first: it may outlive the job (a cancellation ends the job while the
+        // worker is in sendfile). Taking it throws once the handle is closed; a duplicate of the socket made before it
+        // would then leak, and keep the TCP connection open after the close (the peer would never see a FIN or a RST).
+        // The job's reference keeps the descriptor open meanwhile, so the loop can send the slice itself.
+        bool added = false;
+        try
+        {
+            job.File.DangerousAddRef(ref added);
+        }
+        catch (ObjectDisposedException)
         {
             return false;
         }
 
-        bool added = false;
-        job.File.DangerousAddRef(ref added);
+        int socket = Libc.Duplicate(_fd);
+        if (socket < 0)
+        {
+            job.File.DangerousRelease();
+            return false;
+        }
+
         job.Cold = true;
         _fileWorkerBusy = true;
         _writableWhileWorkerBusy = false;
