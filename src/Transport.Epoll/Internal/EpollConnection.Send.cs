@@ -90,7 +90,11 @@ internal sealed partial class EpollConnection
 
         _readTask = default;
         PipeReader reader = _output.Reader;
-        if (OnFlusher && (result.IsCompleted || _fileJob is not null || _fd < 0 || _sendCompleted
+
+        // Read once: a flushing thread that saw no job here must not meet one below (it would drive the file, and a
+        // failure there shuts the gate it is inside: it would spin on itself in ShutOutFlushers).
+        SendFileJob? job = _fileJob;
+        if (OnFlusher && (result.IsCompleted || job is not null || _fd < 0 || _sendCompleted
             || result.Buffer.Length - (_outputSent - _outputReleased) < FlusherSendMinBytes))
         {
             // Not a case a flushing thread handles (a small flush, the end, a file job). Nothing consumed or examined:
@@ -121,7 +125,6 @@ internal sealed partial class EpollConnection
         // A cancelled read (a SendFileAsync arriving, a file range finishing) carries the buffer like any other.
         ReadOnlySequence<byte> buffer = result.Buffer;
         long bufferEnd = _outputReleased + buffer.Length;
-        SendFileJob? job = _fileJob;
         if (job is { StreamPosition: < 0 })
         {
             // Everything flushed before the job is in this buffer, and nothing after it: its caller waits for the job.
