@@ -112,7 +112,7 @@ public sealed class FileHandleLifetimeTests(ITestOutputHelper output, TestFiles 
 
     private static void AssertNoErrors(TestServer server)
     {
-        var errors = server.Logs.Entries.Where(e => e.StartsWith("[Error]", StringComparison.Ordinal) || e.StartsWith("[Critical]", StringComparison.Ordinal)).ToList();
+        var errors = server.Logs.Entries.Where(e => e.IsFailure).ToList();
         Assert.True(errors.Count == 0, $"{errors.Count} errors logged:\n{string.Join("\n", errors.Take(3))}");
     }
 }
