@@ -78,6 +78,16 @@ public sealed class EpollTransportOptions
     public bool EnableSendFile { get; set; } = true;
 
     /// <summary>
+    /// <c>TCP_NOTSENT_LOWAT</c> (tcp(7)): the most bytes a connection keeps in the kernel that are not sent yet. A write
+    /// or <c>sendfile</c> into a socket whose peer reads slowly then takes about this much instead of filling the
+    /// whole send buffer (megabytes, which the kernel grows by itself), so a slow reader costs the loop, and the
+    /// kernel's memory, little; and the loop hears EPOLLOUT only when the socket can take more of it.
+    /// </summary>
+    /// <remarks>Defaults to 128 KiB. <see langword="null"/> or 0 leaves the kernel's setting
+    /// (<c>net.ipv4.tcp_notsent_lowat</c>, unlimited unless changed).</remarks>
+    public int? TcpNotSentLowWatermark { get; set; } = 128 * 1024;
+
+    /// <summary>
     /// Sends of at least this many bytes use <c>MSG_ZEROCOPY</c>: the kernel sends from the pipe's memory instead of
     /// copying it, and the memory is released only when the kernel says (on the socket's error queue) that it is done
     /// with it. A connection turns it off by itself when the kernel reports it copied anyway (always on loopback, and
