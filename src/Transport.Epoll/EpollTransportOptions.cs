@@ -78,12 +78,24 @@ public sealed class EpollTransportOptions
     public bool EnableSendFile { get; set; } = true;
 
     /// <summary>
+    /// <c>TCP_NOTSENT_LOWAT</c> (tcp(7)): the most bytes a connection keeps in the kernel that are not sent yet. A write
+    /// or <c>sendfile</c> into a socket whose peer reads slowly then takes about this much instead of filling the
+    /// whole send buffer (megabytes, which the kernel grows by itself), so a slow reader costs the loop, and the
+    /// kernel's memory, little; and the loop hears EPOLLOUT only when the socket can take more of it.
+    /// </summary>
+    /// <remarks>Defaults to 128 KiB. <see langword="null"/> or 0 leaves the kernel's setting
+    /// (<c>net.ipv4.tcp_notsent_lowat</c>, unlimited unless changed).</remarks>
+    public int? TcpNotSentLowWatermark { get; set; } = 128 * 1024;
+
+    /// <summary>
     /// Sends of at least this many bytes use <c>MSG_ZEROCOPY</c>: the kernel sends from the pipe's memory instead of
     /// copying it, and the memory is released only when the kernel says (on the socket's error queue) that it is done
     /// with it. A connection turns it off by itself when the kernel reports it copied anyway (always on loopback, and
     /// on devices without scatter-gather) or when <c>ENOBUFS</c> says the pinned pages exceed the socket's optmem limit.
-    /// Bytes waiting for their completion still count against <see cref="MaxWriteBufferSize"/>: raise it to at
-    /// least the bandwidth-delay product when you turn this on.
+    /// Bytes sent but waiting for their completion have a budget of their own, <see cref="MaxWriteBufferSize"/>,
+    /// on top of the bytes not sent yet, so a connection holds at most about twice that much output; a connection at
+    /// its budget sends more only when the kernel completes a send, which it does once the peer acknowledged the
+    /// data: raise <see cref="MaxWriteBufferSize"/> to at least the bandwidth-delay product when you turn this on.
     /// </summary>
     /// <remarks>Defaults to <see langword="null"/> (off): it pays only for large sends on a real network card (the
     /// kernel's own guidance is sends of about 10 KB and more), costs a notification per send, and cannot be measured

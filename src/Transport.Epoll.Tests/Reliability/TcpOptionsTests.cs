@@ -34,6 +34,9 @@ public sealed class TcpOptionsTests(ITestOutputHelper output)
 
         Assert.Equal(0, options[nameof(Libc.SO_KEEPALIVE)]);
         Assert.Equal(0, options[nameof(Libc.TCP_USER_TIMEOUT)]);
+
+        // Not a kernel default: a slow reader must not be handed megabytes (see SlowReaderTests).
+        Assert.Equal(128 * 1024, options[nameof(Libc.TCP_NOTSENT_LOWAT)]);
     }
 
     /// <summary>Starts an epoll server with <paramref name="configure"/>, connects once, and reads the server socket's options from its fd.</summary>
@@ -52,6 +55,7 @@ public sealed class TcpOptionsTests(ITestOutputHelper output)
                     [nameof(Libc.TCP_KEEPCNT)] = Get(fd, Libc.IPPROTO_TCP, Libc.TCP_KEEPCNT),
                     [nameof(Libc.TCP_USER_TIMEOUT)] = Get(fd, Libc.IPPROTO_TCP, Libc.TCP_USER_TIMEOUT),
                     [nameof(Libc.TCP_NODELAY)] = Get(fd, Libc.IPPROTO_TCP, Libc.TCP_NODELAY),
+                    [nameof(Libc.TCP_NOTSENT_LOWAT)] = Get(fd, Libc.IPPROTO_TCP, Libc.TCP_NOTSENT_LOWAT),
                 }));
             }
             catch (Exception e)

@@ -181,7 +181,14 @@ public sealed class SendFileFallbackTests(ITestOutputHelper output, TestFiles fi
             var epoll = connection.Features.Get<IEpollConnectionFeature>()!;
             await Poll.UntilAsync(() => epoll.CloseReason != EpollCloseReason.None);
             outcome.TrySetResult((error, epoll.CloseReason));
-        }, epoll: o => o.EnableSendFile = sendFile, output: output);
+        }, epoll: o =>
+        {
+            o.EnableSendFile = sendFile;
+
+            // The client reads only once the outcome is known: the kernel must take the whole file meanwhile, which
+            // the not-sent watermark would stop at 128 KiB.
+            o.TcpNotSentLowWatermark = null;
+        }, output: output);
         using var socket = await Client.ConnectAsync(server.EndPoint);
         await socket.SendAllAsync("go");
         var (error, reason) = await outcome.Task.WithTimeout();

@@ -55,6 +55,11 @@ internal sealed class EpollTransportOptionsValidator : IValidateOptions<EpollTra
         {
             CheckRange(failures, nameof(options.LoopStallThreshold), options.LoopStallThreshold, TimeSpan.FromMilliseconds(10), TimeSpan.FromHours(1));
         }
+        if (options.TcpNotSentLowWatermark is < 0 or > 1 << 30)
+        {
+            failures.Add($"EpollTransportOptions.TcpNotSentLowWatermark is {options.TcpNotSentLowWatermark}; it must be between 1 and 2^30 bytes, or null or 0 for the kernel's setting.");
+        }
+
         if (options.TcpKeepAliveProbeCount is < 1 or > 127)
         {
             failures.Add($"EpollTransportOptions.TcpKeepAliveProbeCount is {options.TcpKeepAliveProbeCount}; it must be between 1 and 127, or null for the kernel's default.");

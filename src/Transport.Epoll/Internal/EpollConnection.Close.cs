@@ -201,17 +201,13 @@ internal sealed partial class EpollConnection
     private long UnsentOutputBytes()
     {
         ShutOutFlushers();
+        System.IO.Pipelines.ReadResult result;
         try
         {
-            if (_sendCompleted || _outputReadPending || !_output.Reader.TryRead(out System.IO.Pipelines.ReadResult result))
+            if (_sendCompleted || _outputReadPending || !_output.Reader.TryRead(out result))
             {
                 return 0;
             }
-
-            // Bytes held for zero-copy completions at the front were sent already.
-            long length = result.Buffer.Length - (_outputSent - _outputReleased);
-            _output.Reader.AdvanceTo(result.Buffer.Start);
-            return length;
         }
         catch (Exception)
         {
@@ -219,6 +215,13 @@ internal sealed partial class EpollConnection
             // nothing countable to report, and the abort must go on.
             return 0;
         }
+
+        // Bytes held for zero-copy completions at the front were sent already. Nothing is consumed, and the examined
+        // position stays where the last send left it: a pipe refuses to move it back, and the send side may have
+        // examined past the held bytes.
+        long length = result.Buffer.Length - (_outputSent - _outputReleased);
+        _output.Reader.AdvanceTo(result.Buffer.Start, result.Buffer.End);
+        return length;
     }
 
     /// <summary>A read or write failed: the peer is gone (reset) or the socket broke. Pending sends are abandoned.</summary>

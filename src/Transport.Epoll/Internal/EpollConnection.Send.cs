@@ -108,10 +108,11 @@ internal sealed partial class EpollConnection
         if (_fd < 0 || _sendCompleted)
         {
             // Closed while the read was pending (abort, reset): the bytes are abandoned, except those the kernel may
-            // still read for a zero-copy send, which are never handed back to the pool.
+            // still read for a zero-copy send, which are never handed back to the pool (examined stays at the end,
+            // where the last send may have put it: a pipe refuses to move it back).
             if (ZeroCopyPending)
             {
-                reader.AdvanceTo(result.Buffer.Start);
+                reader.AdvanceTo(result.Buffer.Start, result.Buffer.End);
                 _sendCompleted = true;
                 ReleaseOutputAfterGrace();
                 return false;
@@ -133,6 +134,7 @@ internal sealed partial class EpollConnection
 
         Error error = Error.Success;
         bool partial = false;
+        bool heldBack = false;
         FileStep fileStep = FileStep.Waiting;
         while (true)
         {
@@ -163,7 +165,15 @@ internal sealed partial class EpollConnection
                 break;
             }
 
-            ReadOnlySequence<byte> pending = buffer.Slice(_outputSent - _outputReleased, limit - _outputSent);
+            long room = ZeroCopySendRoom;
+            if (room <= 0)
+            {
+                // The bytes held for zero-copy completions are at their budget: a completion goes on from here.
+                heldBack = true;
+                break;
+            }
+
+            ReadOnlySequence<byte> pending = buffer.Slice(_outputSent - _outputReleased, Math.Min(limit - _outputSent, room));
             long written = WriteBuffer(pending, out error);
             _outputSent += written;
             if (error != Error.Success)
@@ -184,7 +194,7 @@ internal sealed partial class EpollConnection
         // Sent bytes are released, except from the first zero-copy send the kernel has not completed.
         long release = Math.Min(_outputSent, ZeroCopyHeldFrom);
         long sentInBuffer = _outputSent - _outputReleased;
-        reader.AdvanceTo(buffer.GetPosition(release - _outputReleased), partial ? buffer.GetPosition(sentInBuffer) : buffer.End);
+        reader.AdvanceTo(buffer.GetPosition(release - _outputReleased), partial || heldBack ? buffer.GetPosition(sentInBuffer) : buffer.End);
         _outputReleased = release;
 
         if (error != Error.Success)
@@ -219,6 +229,13 @@ internal sealed partial class EpollConnection
                 _waitingForWritable = true;
             }
 
+            return false;
+        }
+
+        if (heldBack)
+        {
+            // Left unexamined, what is not sent yet counts against MaxWriteBufferSize and holds the writer.
+            _waitingForZeroCopy = true;
             return false;
         }
 
@@ -398,6 +415,7 @@ internal sealed partial class EpollConnection
         ShutOutFlushers();
         _sendCompleted = true;
         _waitingForWritable = false;
+        _waitingForZeroCopy = false;
         _zeroCopyClosePending = false;
         if (!_outputReadPending)
         {

@@ -8,7 +8,8 @@ namespace Transport.Epoll.Internal;
 /// MSG_ZEROCOPY sends. The kernel reads a zero-copy send's pages after sendmsg returns, so its bytes stay in the output
 /// pipe (sent, not consumed) until the completion for it arrives on the socket's error queue; the pipe then releases
 /// them, and they stay pinned (the GC must not move memory the kernel reads). A connection turns zero-copy off when
-/// the kernel says it copied anyway, or sendmsg says ENOBUFS. A graceful close waits, bounded, for the outstanding
+/// the kernel says it copied anyway, or sendmsg says ENOBUFS. Held bytes have a budget of MaxWriteBufferSize: at it,
+/// the send side waits for a completion (see <see cref="ZeroCopySendRoom"/>). A graceful close waits, bounded, for the outstanding
 /// completions. A connection that closes without them (a reset, an abort, that wait running out) was reset, which
 /// purges the socket's send queue; its buffers go back to the pool only after <see cref="s_zeroCopyReleaseGrace"/>, for
 /// the packets a network card may still be reading.
@@ -30,28 +31,32 @@ internal sealed partial class EpollConnection
     private bool _zeroCopyUsed;
     private bool _zeroCopyClosePending;
     private bool _zeroCopyReleaseScheduled;
-    private uint _zeroCopyNextId;
-    private Queue<ZeroCopySend>? _zeroCopyInFlight;
-
-    /// <summary>One zero-copy sendmsg: its number in the kernel's per-socket counter, where its bytes start, and the
-    /// pins of its memory (rented array, first <c>PinCount</c> used), released at its completion.</summary>
-    private readonly record struct ZeroCopySend(uint Id, long StreamPosition, MemoryHandle[] Pins, int PinCount)
-    {
-        public void Unpin()
-        {
-            for (int i = 0; i < PinCount; i++)
-            {
-                Pins[i].Dispose();
-            }
-
-            ArrayPool<MemoryHandle>.Shared.Return(Pins, clearArray: true);
-        }
-    }
+    private bool _waitingForZeroCopy;
+    private ZeroCopyInFlight? _zeroCopyInFlight;
 
     private bool ZeroCopyPending => _zeroCopyInFlight is { Count: > 0 };
 
     /// <summary>The first output-stream position the kernel may still read from: nothing from here may be released.</summary>
-    private long ZeroCopyHeldFrom => _zeroCopyInFlight is { Count: > 0 } queue ? queue.Peek().StreamPosition : long.MaxValue;
+    private long ZeroCopyHeldFrom => _zeroCopyInFlight?.HeldFrom ?? long.MaxValue;
+
+    /// <summary>
+    /// How many more bytes may be sent while zero-copy sends are outstanding. The pipe counts only bytes its reader
+    /// has not examined against the writer's limit, and sent bytes are examined, so bytes held for completions would
+    /// escape MaxWriteBufferSize: they get a budget of that size of their own.
+    /// </summary>
+    private long ZeroCopySendRoom
+    {
+        get
+        {
+            long max = _context.MaxWriteBufferSize;
+            if (max <= 0 || !ZeroCopyPending)
+            {
+                return long.MaxValue;
+            }
+
+            return max - (_outputSent - ZeroCopyHeldFrom);
+        }
+    }
 
     /// <summary>Whether a send of <paramref name="bytes"/> goes zero-copy; turns SO_ZEROCOPY on at the first that may.</summary>
     private bool UseZeroCopy(long bytes)
@@ -81,11 +86,8 @@ internal sealed partial class EpollConnection
     /// <paramref name="count"/> pins of its memory, until its completion.</summary>
     private void OnZeroCopySent(long streamPosition, Span<MemoryHandle> pins, int count)
     {
-        MemoryHandle[] kept = ArrayPool<MemoryHandle>.Shared.Rent(count);
-        pins[..count].CopyTo(kept);
-        pins[..count].Clear();
-        _zeroCopyInFlight ??= new Queue<ZeroCopySend>();
-        _zeroCopyInFlight.Enqueue(new ZeroCopySend(_zeroCopyNextId++, streamPosition, kept, count));
+        _zeroCopyInFlight ??= new ZeroCopyInFlight();
+        _zeroCopyInFlight.Add(streamPosition, pins, count);
         _zeroCopyUsed = true;
         Loop.Counters.ZeroCopySends++;
     }
@@ -118,7 +120,7 @@ internal sealed partial class EpollConnection
 
     private void DrainZeroCopyCompletions()
     {
-        Queue<ZeroCopySend>? inFlight = _zeroCopyInFlight;
+        ZeroCopyInFlight? inFlight = _zeroCopyInFlight;
         bool released = false;
         LoopCounters counters = Loop.Counters;
         while (_fd >= 0)
@@ -142,11 +144,9 @@ internal sealed partial class EpollConnection
                 TurnZeroCopyOff("the kernel copied the data anyway");
             }
 
-            // TCP completes sends in order, as one range [First, Last] of the counter (wrapping at 2^32).
-            uint span = completion.Last - completion.First;
-            while (inFlight is { Count: > 0 } && inFlight.Peek().Id - completion.First <= span)
+            // A range of sends, not necessarily the oldest ones (see ZeroCopyInFlight).
+            if (inFlight is not null && inFlight.Complete(completion.First, completion.Last))
             {
-                inFlight.Dequeue().Unpin();
                 released = true;
             }
         }
@@ -165,7 +165,15 @@ internal sealed partial class EpollConnection
             return;
         }
 
-        // Wake the send side so it releases the completed bytes from the pipe (and the writer, if they held it).
+        if (_waitingForZeroCopy)
+        {
+            // The send side stopped at its budget for held bytes: it goes on from where it stopped.
+            _waitingForZeroCopy = false;
+            ReadOutput();
+            return;
+        }
+
+        // Wake the send side so it releases the completed bytes from the pipe.
         RereadOutput();
     }
 
@@ -208,14 +216,7 @@ internal sealed partial class EpollConnection
 
     private void ReleaseZeroCopyOutput()
     {
-        if (_zeroCopyInFlight is { } inFlight)
-        {
-            while (inFlight.Count > 0)
-            {
-                inFlight.Dequeue().Unpin();
-            }
-        }
-
+        _zeroCopyInFlight?.ReleaseAll();
         _output.Reader.Complete();
     }
 }

@@ -13,6 +13,11 @@ internal static class TcpOptions
             _ = Libc.SetIntOption(fd, Libc.IPPROTO_TCP, Libc.TCP_NODELAY, 1);
         }
 
+        if (options.TcpNotSentLowWatermark is > 0 and var lowWatermark)
+        {
+            _ = Libc.SetIntOption(fd, Libc.IPPROTO_TCP, Libc.TCP_NOTSENT_LOWAT, lowWatermark);
+        }
+
         if (options.TcpKeepAliveTime is { } idle)
         {
             _ = Libc.SetIntOption(fd, Libc.SOL_SOCKET, Libc.SO_KEEPALIVE, 1);

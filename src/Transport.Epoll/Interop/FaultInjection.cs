@@ -25,12 +25,19 @@ internal static class FaultInjection
     private static readonly double s_rate;
     private static readonly double s_resetRate;
     private static readonly double s_zeroCopyNoBufsRate;
+    private static readonly bool s_zeroCopyReorder;
 
     [ThreadStatic]
     private static Random? t_random;
 
     [ThreadStatic]
     private static bool t_injectedWouldBlock;
+
+    [ThreadStatic]
+    private static Stack<Libc.ZeroCopyCompletion>? t_heldCompletions;
+
+    [ThreadStatic]
+    private static int t_heldCompletionsFd;
 
     static FaultInjection()
     {
@@ -58,12 +65,15 @@ internal static class FaultInjection
                 case "zerocopy_enobufs":
                     s_zeroCopyNoBufsRate = double.Parse(value, CultureInfo.InvariantCulture);
                     break;
+                case "zerocopy_reorder":
+                    s_zeroCopyReorder = value == "1";
+                    break;
                 default:
-                    throw new FormatException($"{EnvironmentVariable}: unknown setting '{pair[0]}' (known: seed, rate, resets, zerocopy_enobufs).");
+                    throw new FormatException($"{EnvironmentVariable}: unknown setting '{pair[0]}' (known: seed, rate, resets, zerocopy_enobufs, zerocopy_reorder).");
             }
         }
 
-        IsEnabled = s_rate > 0 || s_resetRate > 0 || s_zeroCopyNoBufsRate > 0;
+        IsEnabled = s_rate > 0 || s_resetRate > 0 || s_zeroCopyNoBufsRate > 0 || s_zeroCopyReorder;
     }
 
     public static int Seed => s_seed;
@@ -156,6 +166,51 @@ internal static class FaultInjection
     /// pages are charged to it): the transport must turn zero-copy off and send the bytes normally.</summary>
     public static bool InjectNoBuffers(int flags)
         => (flags & Libc.MSG_ZEROCOPY) != 0 && Random.NextDouble() < s_zeroCopyNoBufsRate && Fail(Error.ENOBUFS);
+
+    /// <summary>Whether zero-copy completions are handed over out of order (<c>zerocopy_reorder=1</c>).</summary>
+    public static bool ReordersZeroCopyCompletions => s_zeroCopyReorder;
+
+    /// <summary>
+    /// Zero-copy completions as the kernel may deliver them on a real network (msg_zerocopy.rst: out of order, after a
+    /// retransmission or a teardown): whatever the socket's error queue holds is read at once, each range is split
+    /// into single sends, and they are handed over newest first. Loopback always completes in order, so without this
+    /// an out-of-order completion cannot be produced. Returns as <see cref="Libc.ReadZeroCopyNotification"/> does.
+    /// </summary>
+    public static int ReadReorderedCompletion(int fd, out Libc.ZeroCopyCompletion completion)
+    {
+        Stack<Libc.ZeroCopyCompletion> held = t_heldCompletions ??= new Stack<Libc.ZeroCopyCompletion>();
+        if (t_heldCompletionsFd != fd)
+        {
+            held.Clear();
+            t_heldCompletionsFd = fd;
+        }
+
+        if (held.Count == 0)
+        {
+            int result;
+            while ((result = Libc.ReadZeroCopyNotification(fd, out Libc.ZeroCopyCompletion read)) >= 0)
+            {
+                for (uint id = read.First; result > 0; id++)
+                {
+                    held.Push(read with { First = id, Last = id });
+                    if (id == read.Last)
+                    {
+                        break;
+                    }
+                }
+            }
+        }
+
+        if (held.Count == 0)
+        {
+            completion = default;
+            _ = Fail(Error.EAGAIN);
+            return -1;
+        }
+
+        completion = held.Pop();
+        return 1;
+    }
 
     /// <summary>Before accept4: maybe fail with EINTR, ECONNABORTED or EMFILE (no connection is taken).</summary>
     public static bool BeforeAccept()

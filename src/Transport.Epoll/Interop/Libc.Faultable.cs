@@ -36,6 +36,17 @@ internal static unsafe partial class Libc
         return epoll_wait(epfd, events, maxevents, timeout);
     }
 
+    /// <summary>One zero-copy notification from the socket's error queue (see <see cref="ReadZeroCopyNotification"/>).</summary>
+    public static int ReadZeroCopyCompletion(int fd, out ZeroCopyCompletion completion)
+    {
+        if (FaultInjection.IsEnabled && FaultInjection.ReordersZeroCopyCompletions)
+        {
+            return FaultInjection.ReadReorderedCompletion(fd, out completion);
+        }
+
+        return ReadZeroCopyNotification(fd, out completion);
+    }
+
     /// <summary>
     /// sendmsg(2) with MSG_NOSIGNAL over <paramref name="count"/> iovecs: writev's gather, but a peer that is gone
     /// yields EPIPE instead of a SIGPIPE that would kill the process (send(2), "MSG_NOSIGNAL").

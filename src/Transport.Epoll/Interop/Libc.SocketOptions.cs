@@ -23,6 +23,7 @@ internal static unsafe partial class Libc
     public const int TCP_KEEPINTVL = 5;
     public const int TCP_KEEPCNT = 6;
     public const int TCP_USER_TIMEOUT = 18;
+    public const int TCP_NOTSENT_LOWAT = 25;
     public const int IPV6_V6ONLY = 26;
 
     [StructLayout(LayoutKind.Sequential)]

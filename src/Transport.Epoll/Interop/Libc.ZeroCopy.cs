@@ -30,7 +30,7 @@ internal static unsafe partial class Libc
     /// Reads one notification from the error queue. Returns 1 with a zero-copy completion, 0 for an entry that is
     /// not one (skipped), -1 with errno (EAGAIN: the queue is empty).
     /// </summary>
-    public static int ReadZeroCopyCompletion(int fd, out ZeroCopyCompletion completion)
+    public static int ReadZeroCopyNotification(int fd, out ZeroCopyCompletion completion)
     {
         completion = default;
 
