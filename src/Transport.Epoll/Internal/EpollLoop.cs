@@ -27,17 +27,12 @@ internal sealed unsafe partial class EpollLoop : PipeScheduler, IDisposable
     /// syscalls per turn; 512 × 12 bytes stays in one or two pages.</summary>
     private const int MaxEventsPerWait = 512;
 
-    // The wake-up state (netty's scheme, plus a state for a write in progress): Schedule writes the eventfd only when
-    // the loop may be blocked in epoll_wait. Awake: the loop runs, nobody writes. Sleeping: the loop may block; the
-    // first waker takes the state to Waking, writes the eventfd, then sets Woken. Only a waker leaves Waking, so the
-    // loop can always tell whether a write is in progress: it never closes the eventfd under one (the fd number could
-    // already belong to someone else when the write lands), and never blocks while one is unfinished. Closed: the
-    // eventfd is gone and nobody writes.
+    // The wake-up flag (netty's scheme): Schedule writes the eventfd only when the loop may be blocked in epoll_wait.
+    // Closed: the eventfd is gone; a waker that won the flag before it was closed skips its write (see Wake).
     private const int Awake = 0;
     private const int Sleeping = 1;
-    private const int Waking = 2;
-    private const int Woken = 3;
-    private const int Closed = 4;
+    private const int Woken = 2;
+    private const int Closed = 3;
 
     [ThreadStatic]
     private static EpollLoop? t_current;
@@ -51,6 +46,7 @@ internal sealed unsafe partial class EpollLoop : PipeScheduler, IDisposable
     private int _epollFd;
     private readonly int _eventFd;
     private int _wakeState;
+    private int _wakeWritesInFlight;
     private int _terminated;
     private long _turnStartedAt;
     private long _turnNumber;
@@ -214,15 +210,28 @@ internal sealed unsafe partial class EpollLoop : PipeScheduler, IDisposable
 
     private void Wake()
     {
-        if (Interlocked.CompareExchange(ref _wakeState, Waking, Sleeping) != Sleeping)
+        if (Interlocked.CompareExchange(ref _wakeState, Woken, Sleeping) != Sleeping)
         {
             return;
         }
 
-        WriteEventFd();
-
-        // Only this thread leaves Waking (see the states above).
-        Volatile.Write(ref _wakeState, Woken);
+        // The winner may be preempted here for a long time, and meanwhile the loop may stop and close the eventfd,
+        // whose number the kernel then hands to the next open: a late write would land in a stranger's file. So it
+        // announces its write first and looks at the state again; the loop publishes Closed first and then waits for
+        // announced writes (CloseWakeUp). Both sides use full fences, so one of them sees the other. Only winners pay,
+        // and they make a syscall anyway.
+        Interlocked.Increment(ref _wakeWritesInFlight);
+        try
+        {
+            if (Volatile.Read(ref _wakeState) != Closed)
+            {
+                WriteEventFd();
+            }
+        }
+        finally
+        {
+            Interlocked.Decrement(ref _wakeWritesInFlight);
+        }
     }
 
     private void WriteEventFd()
@@ -293,38 +302,15 @@ internal sealed unsafe partial class EpollLoop : PipeScheduler, IDisposable
         }
     }
 
-    /// <summary>Awake -> Sleeping (or Woken -> Sleeping, after a finished wake-up). False while a waker is still
-    /// writing: its edge may be one this turn's epoll_wait already took, so the loop must not block on it.</summary>
-    private bool TryPublishSleeping()
-    {
-        int state = Volatile.Read(ref _wakeState);
-        return state != Waking && Interlocked.CompareExchange(ref _wakeState, Sleeping, state) == state;
-    }
-
-    /// <summary>After epoll_wait: back to Awake, unless a waker is writing (it moves to Woken itself).</summary>
-    private void LeaveSleeping()
-    {
-        int state = Volatile.Read(ref _wakeState);
-        if (state is Sleeping or Woken)
-        {
-            _ = Interlocked.CompareExchange(ref _wakeState, Awake, state);
-        }
-    }
-
-    /// <summary>Closes the eventfd once no waker is between winning the wake-up and its write (netty's loop cleanup
-    /// waits the same way): a write that lands after close(2) would go to whatever the kernel gave the number next.</summary>
+    /// <summary>Closes the eventfd once no waker is writing to it (netty's loop cleanup waits the same way): a write
+    /// that lands after close(2) would go to whatever the kernel gave the number next.</summary>
     private void CloseWakeUp()
     {
+        Interlocked.Exchange(ref _wakeState, Closed);
         SpinWait spin = default;
-        while (true)
+        while (Volatile.Read(ref _wakeWritesInFlight) != 0)
         {
-            int state = Volatile.Read(ref _wakeState);
-            if (state != Waking && Interlocked.CompareExchange(ref _wakeState, Closed, state) == state)
-            {
-                break;
-            }
-
-            // A waker preempted mid-wake-up needs a core to finish: spin, then yield and sleep.
+            // A waker preempted inside its write needs a core to finish: spin, then yield and sleep.
             spin.SpinOnce();
         }
 
@@ -369,16 +355,20 @@ internal sealed unsafe partial class EpollLoop : PipeScheduler, IDisposable
         {
             timeout = 0;
         }
-        else if (!TryPublishSleeping() || !_work.IsEmpty || _stopRequested)
+        else
         {
             // Publish "may sleep" before the last look at the queue: a Schedule that raced with us either sees
             // Sleeping and writes the eventfd, or enqueued before our look and is seen here.
-            timeout = 0;
+            Interlocked.Exchange(ref _wakeState, Sleeping);
+            if (!_work.IsEmpty || _stopRequested)
+            {
+                timeout = 0;
+            }
         }
 
         Volatile.Write(ref _turnStartedAt, 0);
         int count = Libc.Wait(_epollFd, events, MaxEventsPerWait, timeout);
-        LeaveSleeping();
+        Volatile.Write(ref _wakeState, Awake);
         if (count < 0)
         {
             Error error = Errno.Last;
