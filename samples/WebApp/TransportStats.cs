@@ -3,6 +3,7 @@ using System.Diagnostics;
 using System.Diagnostics.Metrics;
 using System.Globalization;
 using System.Text.Json;
+using Transport.Epoll;
 
 namespace WebApp;
 
@@ -20,7 +21,6 @@ namespace WebApp;
 /// </remarks>
 internal sealed class TransportStats : IDisposable
 {
-    public const string MeterName = "Transport.Epoll";
     private const string ClosedInstrument = "epoll.connections.closed";
 
     private readonly MeterListener _listener = new();
@@ -35,7 +35,7 @@ internal sealed class TransportStats : IDisposable
     {
         _listener.InstrumentPublished = (instrument, listener) =>
         {
-            if (instrument.Meter.Name == MeterName)
+            if (instrument.Meter.Name == EpollTransport.MeterName)
             {
                 if (!instrument.IsObservable && !IsHistogram(instrument))
                 {
@@ -103,7 +103,7 @@ internal sealed class TransportStats : IDisposable
         response.Headers.CacheControl = "no-store";
         await using var json = new Utf8JsonWriter(response.BodyWriter, new JsonWriterOptions { Indented = true });
         json.WriteStartObject();
-        json.WriteString("meter", MeterName);
+        json.WriteString("meter", EpollTransport.MeterName);
         json.WriteString("time", DateTime.UtcNow.ToString("O", CultureInfo.InvariantCulture));
         json.WriteNumber("uptimeSeconds", Math.Round((DateTime.UtcNow - _startedUtc).TotalSeconds, 3));
 

@@ -1,15 +1,29 @@
 using System.Diagnostics.CodeAnalysis;
+using System.Runtime.Versioning;
 using Transport.Epoll.Interop;
 
 namespace Transport.Epoll;
 
-/// <summary>Whether the epoll transport can run on this system, probed once.</summary>
+/// <summary>Whether the epoll transport can run on this system (probed once), and the name of its meter.</summary>
 public static class EpollTransport
 {
+    /// <summary>
+    /// The name of the <see cref="System.Diagnostics.Metrics.Meter"/> with the transport's instruments (connections
+    /// accepted, active and closed by reason, bytes, syscalls, sendfile and zero-copy figures): subscribe to it with a
+    /// <see cref="System.Diagnostics.Metrics.MeterListener"/> or OpenTelemetry's <c>AddMeter</c>, or watch it with
+    /// <c>dotnet-counters monitor --counters Transport.Epoll</c>.
+    /// </summary>
+    public const string MeterName = "Transport.Epoll";
+
     private static readonly string? s_unsupportedReason = Probe();
 
     /// <summary><see langword="true"/> when this system has epoll (Linux) and the transport can start.</summary>
+    /// <remarks>
+    /// A guard for the platform analyzer (CA1416): <c>if (EpollTransport.IsSupported) builder.WebHost.UseEpollTransport();</c>
+    /// builds without a warning in an app that targets every platform.
+    /// </remarks>
     [MemberNotNullWhen(false, nameof(UnsupportedReason))]
+    [SupportedOSPlatformGuard("linux")]
     public static bool IsSupported => s_unsupportedReason is null;
 
     /// <summary>Why the transport cannot run here, or <see langword="null"/> when it can.</summary>

@@ -6,8 +6,6 @@ namespace Transport.Epoll.Tests.Infrastructure;
 /// <summary>Reads the epoll transport's instruments of one host (its meter is created by that host's IMeterFactory).</summary>
 public static class TransportMetrics
 {
-    public const string MeterName = "Transport.Epoll";
-
     /// <summary>
     /// Sums what the instrument <paramref name="name"/> of <paramref name="server"/>'s meter reports: the current value
     /// of observable instruments, the measurements of ordinary counters made while <paramref name="during"/> runs.
@@ -20,7 +18,7 @@ public static class TransportMetrics
         {
             InstrumentPublished = (instrument, l) =>
             {
-                if (instrument.Meter.Name == MeterName && ReferenceEquals(instrument.Meter.Scope, factory))
+                if (instrument.Meter.Name == EpollTransport.MeterName && ReferenceEquals(instrument.Meter.Scope, factory))
                 {
                     l.EnableMeasurementEvents(instrument);
                 }

@@ -53,7 +53,7 @@ public sealed class MetricsTests(ITestOutputHelper output)
         {
             InstrumentPublished = (instrument, l) =>
             {
-                if (instrument.Meter.Name == "Transport.Epoll" && (scope is null || instrument.Meter.Scope == scope))
+                if (instrument.Meter.Name == EpollTransport.MeterName && (scope is null || instrument.Meter.Scope == scope))
                 {
                     l.EnableMeasurementEvents(instrument);
                 }

@@ -2,7 +2,10 @@ using Microsoft.Extensions.Logging;
 
 namespace Transport.Epoll.Internal;
 
-/// <summary>Every log line of the transport, with stable event ids (1-99: loops, 100-199: listeners, 200-299: connections).</summary>
+/// <summary>
+/// Every log line of the transport, with stable event ids (1-99: loops, 100-199: listeners, 200-299: connections,
+/// 300-399: sendfile and zero-copy sends).
+/// </summary>
 internal static partial class EpollLog
 {
     [LoggerMessage(1, LogLevel.Critical, "Event loop epoll-{Loop} crashed; its connections are no longer served.")]

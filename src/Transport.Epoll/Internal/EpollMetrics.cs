@@ -3,14 +3,12 @@ using System.Diagnostics.Metrics;
 namespace Transport.Epoll.Internal;
 
 /// <summary>
-/// The transport's instruments, on a <see cref="Meter"/> named <see cref="MeterName"/>; watch them with
+/// The transport's instruments, on a <see cref="Meter"/> named <see cref="EpollTransport.MeterName"/>; watch them with
 /// <c>dotnet-counters monitor --counters Transport.Epoll -p PID</c>. Per-byte and per-syscall figures are kept by each
 /// loop in <see cref="LoopCounters"/> and summed only when observed; per-connection events use ordinary counters.
 /// </summary>
 internal sealed class EpollMetrics : IDisposable
 {
-    public const string MeterName = "Transport.Epoll";
-
     private readonly Meter _meter;
     private readonly Lock _lock = new();
     private readonly List<LoopCounters> _live = [];
@@ -27,7 +25,7 @@ internal sealed class EpollMetrics : IDisposable
 
     public EpollMetrics(IMeterFactory? meterFactory = null)
     {
-        _meter = meterFactory?.Create(MeterName) ?? new Meter(MeterName);
+        _meter = meterFactory?.Create(EpollTransport.MeterName) ?? new Meter(EpollTransport.MeterName);
         _accepted = _meter.CreateCounter<long>("epoll.connections.accepted", "{connection}", "Connections accepted.");
         _closed = _meter.CreateCounter<long>("epoll.connections.closed", "{connection}", "Connections closed, tagged with the close reason.");
         _active = _meter.CreateUpDownCounter<long>("epoll.connections.active", "{connection}", "Connections open now.");
