@@ -25,6 +25,7 @@ internal static class EpollTransportOptionsBinder
         [nameof(EpollTransportOptions.UnsafePreferInlineScheduling)] = Boolean(),
         [nameof(EpollTransportOptions.SendOnFlushingThread)] = Boolean(),
         [nameof(EpollTransportOptions.EnableSendFile)] = Boolean(),
+        [nameof(EpollTransportOptions.TcpNotSentLowWatermark)] = Integer(),
         [nameof(EpollTransportOptions.ZeroCopyThreshold)] = Integer(),
         [nameof(EpollTransportOptions.AllowHalfOpen)] = Boolean(),
         [nameof(EpollTransportOptions.IdleTimeout)] = Duration(),
