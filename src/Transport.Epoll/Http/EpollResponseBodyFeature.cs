@@ -20,10 +20,11 @@ internal sealed class EpollResponseBodyFeature(HttpContext context, IHttpRespons
     /// larger hint than the pool's block makes the pipe rent a fresh array per write, 1 MiB each, which cost 250 MB for
     /// 300 stalled downloads and stayed on the large-object heap after they left. The loop skips placeholders as soon
     /// as it reads them, so they are held only between a flush and the loop's next read; each flush is a round trip
-    /// with the loop, and 64 KiB per flush cost keep-alive downloads about a third of their speed (1,000-1,300 against
-    /// 1,200-2,100 MiB/s here), 256 KiB none measurable.
+    /// with the loop: 64 KiB per flush cost keep-alive downloads about a third of their speed (1,000-1,300 against
+    /// 1,200-2,100 MiB/s here), 128 KiB about a tenth, within this machine's noise; 256 KiB let 40 stalled responses
+    /// grow the pool by 276 KiB each (128 KiB: 114-135 KiB, PlaceholderMemoryTests).
     /// </summary>
-    private const int PlaceholderBytesPerFlush = 256 * 1024;
+    private const int PlaceholderBytesPerFlush = 128 * 1024;
 
     public IHttpResponseBodyFeature Inner => inner;
 
