@@ -79,7 +79,7 @@ public sealed partial class SampleProcess : IAsyncDisposable
     /// Starts the sample on the epoll transport. <paramref name="faults"/> goes to <c>TRANSPORT_EPOLL_FAULTS</c> (none
     /// when null). Returns once the sample printed its start line with the bound ports.
     /// </summary>
-    public static async Task<SampleProcess> StartAsync(string? faults = null, ITestOutputHelper? output = null, IEnumerable<string>? extraArgs = null)
+    public static async Task<SampleProcess> StartAsync(string? faults = null, ITestOutputHelper? output = null, IEnumerable<string>? extraArgs = null, IReadOnlyDictionary<string, string>? environment = null)
     {
         string dll = FindSampleDll();
         var psi = new ProcessStartInfo
@@ -116,6 +116,10 @@ public sealed partial class SampleProcess : IAsyncDisposable
         psi.Environment["Logging__Console__FormatterOptions__ColorBehavior"] = "Disabled";
         psi.Environment["DOTNET_gcServer"] = "0";
         psi.Environment["ASPNETCORE_ENVIRONMENT"] = "Production";
+        foreach (var (name, value) in environment ?? new Dictionary<string, string>())
+        {
+            psi.Environment[name] = value;
+        }
 
         var process = new Process { StartInfo = psi, EnableRaisingEvents = true };
         var sample = new SampleProcess(process, output);
