@@ -21,9 +21,9 @@ public sealed class FloodTests(ITestOutputHelper output)
     [Fact]
     public async Task Out_of_fds_the_server_keeps_its_connections_does_not_spin_and_accepts_again_once_fds_are_free()
     {
-        // The .NET runtime itself fails fast ("Out of memory.") when a garbage collection cannot open /proc/meminfo
-        // because the process is out of fds (the README's limits; Sockets the same): a gen0 budget of 256 MB keeps
-        // collections out of the exhaustion window, so what this test sees is the transport's behaviour.
+        // The .NET runtime itself fails fast ("Out of memory.") when it cannot get an fd of its own while the process
+        // is out of them (a garbage collection reading /proc/meminfo: the README's limits; Sockets the same): a gen0
+        // budget of 256 MB keeps collections out of the exhaustion window, so what this test sees is the transport's.
         await using var sample = await SampleProcess.StartAsync(output: output, environment: new Dictionary<string, string> { ["DOTNET_GCgen0size"] = "0x10000000" });
 
         // Warm up so the assemblies a request needs are loaded (and their fds taken) before the fds run out, then

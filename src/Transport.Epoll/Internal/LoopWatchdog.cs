@@ -3,8 +3,11 @@ using System.Collections.Concurrent;
 namespace Transport.Epoll.Internal;
 
 /// <summary>
-/// Notices a loop turn that runs longer than <see cref="EpollTransportOptions.LoopStallThreshold"/>: one timer for the
-/// whole group looks at each loop's turn start every half threshold. Each long turn is counted once
+/// Notices a loop turn that runs longer than <see cref="EpollTransportOptions.LoopStallThreshold"/>: one thread for the
+/// whole group, started with the loops, looks at each loop's turn start every half threshold. A thread of its own, not
+/// a timer: a timer's callbacks need the thread pool, which may be starved by the very code that blocks, and which
+/// creates threads as it goes, each needing resources of the runtime's that a process out of fds may not have (the
+/// out-of-fds test's sample, which the transport otherwise keeps serving, was ended with "Out of memory."). Each long turn is counted once
 /// (<c>epoll.loop.stalls</c>) and logged once per endpoint with the connection the loop was serving, so a user who
 /// turned on inline scheduling and blocks finds out in the logs rather than in the latency. The loops only publish two
 /// fields per turn and one per event; the watchdog never touches them otherwise.
@@ -16,7 +19,8 @@ internal sealed class LoopWatchdog : IDisposable
     private readonly long _thresholdMs;
     private readonly TransportContext _context;
     private readonly ConcurrentDictionary<string, bool> _loggedEndPoints = new();
-    private readonly Timer _timer;
+    private readonly ManualResetEventSlim _stopping = new();
+    private readonly TimeSpan _period;
 
     public LoopWatchdog(EpollLoop[] loops, TimeSpan threshold, TransportContext context)
     {
@@ -24,12 +28,25 @@ internal sealed class LoopWatchdog : IDisposable
         _reportedTurn = new long[loops.Length];
         _thresholdMs = (long)threshold.TotalMilliseconds;
         _context = context;
-        TimeSpan period = threshold / 2;
-        _timer = new Timer(static state => ((LoopWatchdog)state!).Check(), this, period, period);
+        _period = threshold / 2;
+        var thread = new Thread(static state => ((LoopWatchdog)state!).Run(), maxStackSize: 128 * 1024)
+        {
+            Name = "epoll_watchdog",
+            IsBackground = true,
+        };
+        thread.Start(this);
     }
 
-    /// <summary>Stops the timer (the loops are stopping).</summary>
-    public void Dispose() => _timer.Dispose();
+    /// <summary>Stops the thread: it exits at its next wake-up (nothing waits for it).</summary>
+    public void Dispose() => _stopping.Set();
+
+    private void Run()
+    {
+        while (!_stopping.Wait(_period))
+        {
+            Check();
+        }
+    }
 
     private void Check()
     {
