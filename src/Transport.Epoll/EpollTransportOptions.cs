@@ -151,6 +151,6 @@ public sealed class EpollTransportOptions
     /// I/O, a lock, a long computation) stalls every connection on the loop, and this is how you find out.
     /// </summary>
     /// <remarks>Defaults to 100 ms: far above a healthy turn (microseconds), below what users notice. Checked by one
-    /// timer per transport at half the threshold. Allowed: 10 ms to 1 hour; <see langword="null"/> or zero for off.</remarks>
+    /// thread per transport at half the threshold. Allowed: 10 ms to 1 hour; <see langword="null"/> or zero for off.</remarks>
     public TimeSpan? LoopStallThreshold { get; set; } = TimeSpan.FromMilliseconds(100);
 }
