@@ -129,7 +129,7 @@ internal sealed class EpollConnectionListener : IConnectionListener
         }
     }
 
-    /// <summary>On a loop's thread: sets up an accepted socket as a connection of that loop and queues it.</summary>
+    /// <summary>On a loop's thread: the loop makes the accepted socket its connection; the listener queues it for Kestrel.</summary>
     public void OnAccepted(int fd, EpollLoop loop, EndPoint? remote, ListenSocket socket)
     {
         if (Volatile.Read(ref _unbound) != 0)
@@ -138,29 +138,12 @@ internal sealed class EpollConnectionListener : IConnectionListener
             return;
         }
 
-        if (socket.IsTcp)
+        EpollConnection? connection = loop.SetUpAccepted(fd, socket, remote);
+        if (connection is null)
         {
-            TcpOptions.Apply(fd, Context.Options);
-        }
-
-        EndPoint? local = socket.EndPoint is IPEndPoint ip && (ip.Address.Equals(IPAddress.Any) || ip.Address.Equals(IPAddress.IPv6Any))
-            ? SockAddr.LocalOf(fd)
-            : socket.EndPoint;
-
-        var connection = new EpollConnection(fd, loop, local, remote);
-        loop.Table.Add(connection);
-
-        Error error = loop.Register(fd, EpollConnection.ConnectionEvents, connection.Id);
-        if (error != Error.Success)
-        {
-            EpollLog.ConnectionSetupFailed(Logger, EndPoint.ToString() ?? "?", error.ToString());
-            loop.Table.Remove(connection.Id);
-            _ = Libc.close(fd);
             return;
         }
 
-        Context.Metrics.ConnectionAccepted();
-        connection.Start();
         Interlocked.Increment(ref _pending);
         if (!_accepted.Writer.TryWrite(connection))
         {

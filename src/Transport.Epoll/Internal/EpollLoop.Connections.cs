@@ -1,3 +1,6 @@
+using System.Net;
+using Transport.Epoll.Interop;
+
 namespace Transport.Epoll.Internal;
 
 /// <summary>
@@ -15,6 +18,39 @@ internal sealed partial class EpollLoop
 
     /// <summary>Open connections owned by this loop.</summary>
     public int ConnectionCount { get; private set; }
+
+    /// <summary>
+    /// Makes a socket accepted on this loop's thread a connection of this loop: socket options, its endpoints, an id
+    /// in the table, its registration in the epoll set, its send side started. Null when the registration failed (the
+    /// fd is closed then, and the failure logged).
+    /// </summary>
+    public EpollConnection? SetUpAccepted(int fd, ListenSocket socket, EndPoint? remote)
+    {
+        if (socket.IsTcp)
+        {
+            TcpOptions.Apply(fd, Context.Options);
+        }
+
+        // A wildcard listener's connections each have the address the peer actually reached (getsockname).
+        EndPoint? local = socket.EndPoint is IPEndPoint ip && (ip.Address.Equals(IPAddress.Any) || ip.Address.Equals(IPAddress.IPv6Any))
+            ? SockAddr.LocalOf(fd)
+            : socket.EndPoint;
+
+        var connection = new EpollConnection(fd, this, local, remote);
+        Table.Add(connection);
+        Error error = Register(fd, EpollConnection.ConnectionEvents, connection.Id);
+        if (error != Error.Success)
+        {
+            EpollLog.ConnectionSetupFailed(_logger, socket.EndPoint.ToString() ?? "?", error.ToString());
+            Table.Remove(connection.Id);
+            _ = Libc.close(fd);
+            return null;
+        }
+
+        Context.Metrics.ConnectionAccepted();
+        connection.Start();
+        return connection;
+    }
 
     public void AddConnection(EpollConnection connection)
     {

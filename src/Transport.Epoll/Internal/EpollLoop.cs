@@ -27,13 +27,6 @@ internal sealed unsafe partial class EpollLoop : PipeScheduler, IDisposable
     /// syscalls per turn; 512 × 12 bytes stays in one or two pages.</summary>
     private const int MaxEventsPerWait = 512;
 
-    // The wake-up flag (netty's scheme): Schedule writes the eventfd only when the loop may be blocked in epoll_wait.
-    // Closed: the eventfd is gone; a waker that won the flag before it was closed skips its write (see Wake).
-    private const int Awake = 0;
-    private const int Sleeping = 1;
-    private const int Woken = 2;
-    private const int Closed = 3;
-
     [ThreadStatic]
     private static EpollLoop? t_current;
 
@@ -180,83 +173,6 @@ internal sealed unsafe partial class EpollLoop : PipeScheduler, IDisposable
         _readAgain.Enqueue(connection);
     }
 
-    /// <summary>Stops the loop: registered handlers are told, the thread exits, the epoll fd and eventfd are closed.</summary>
-    public Task StopAsync()
-    {
-        if ((_thread.ThreadState & System.Threading.ThreadState.Unstarted) != 0)
-        {
-            // Never started (a sibling loop failed to start): nothing runs, just release the fds.
-            if (_stopped.TrySetResult())
-            {
-                Volatile.Write(ref _wakeState, Closed);
-                Interlocked.Exchange(ref _terminated, 1);
-                WriteScratch.Dispose();
-                _ = Libc.close(_eventFd);
-                CloseEpoll();
-                Context.Metrics.RemoveLoop(Counters);
-                Context.Metrics.RemoveLoop(FlusherCounters);
-                Context.ReleaseMemoryPool(MemoryPool);
-            }
-
-            return _stopped.Task;
-        }
-
-        _stopRequested = true;
-        Wake();
-        return _stopped.Task;
-    }
-
-    public void Dispose() => StopAsync().GetAwaiter().GetResult();
-
-    private void Wake()
-    {
-        if (Interlocked.CompareExchange(ref _wakeState, Woken, Sleeping) != Sleeping)
-        {
-            return;
-        }
-
-        // The winner may be preempted here for a long time, and meanwhile the loop may stop and close the eventfd,
-        // whose number the kernel then hands to the next open: a late write would land in a stranger's file. So it
-        // announces its write first and looks at the state again; the loop publishes Closed first and then waits for
-        // announced writes (CloseWakeUp). Both sides use full fences, so one of them sees the other. Only winners pay,
-        // and they make a syscall anyway.
-        Interlocked.Increment(ref _wakeWritesInFlight);
-        try
-        {
-            if (Volatile.Read(ref _wakeState) != Closed)
-            {
-                WriteEventFd();
-            }
-        }
-        finally
-        {
-            Interlocked.Decrement(ref _wakeWritesInFlight);
-        }
-    }
-
-    private void WriteEventFd()
-    {
-        while (Libc.SignalEventFd(_eventFd) < 0)
-        {
-            Error error = Errno.Last;
-            if (error == Error.EINTR)
-            {
-                continue;
-            }
-
-            if (error == Error.EAGAIN)
-            {
-                // The counter is at its maximum: drain it and write again (eventfd(2), "overflow").
-                ulong drained;
-                _ = Libc.read(_eventFd, &drained, sizeof(ulong));
-                continue;
-            }
-
-            EpollLog.WakeUpFailed(_logger, Index, error.ToString());
-            return;
-        }
-    }
-
     private void Run()
     {
         t_current = this;
@@ -299,51 +215,6 @@ internal sealed unsafe partial class EpollLoop : PipeScheduler, IDisposable
             Context.ReleaseMemoryPool(MemoryPool);
             t_current = null;
             _stopped.TrySetResult();
-        }
-    }
-
-    /// <summary>Closes the eventfd once no waker is writing to it (netty's loop cleanup waits the same way): a write
-    /// that lands after close(2) would go to whatever the kernel gave the number next.</summary>
-    private void CloseWakeUp()
-    {
-        Interlocked.Exchange(ref _wakeState, Closed);
-        SpinWait spin = default;
-        while (Volatile.Read(ref _wakeWritesInFlight) != 0)
-        {
-            // A waker preempted inside its write needs a core to finish: spin, then yield and sleep.
-            spin.SpinOnce();
-        }
-
-        _ = Libc.close(_eventFd);
-    }
-
-    /// <summary>Closes the epoll instance. Its number becomes -1 first: late work that still calls epoll_ctl gets EBADF
-    /// instead of changing the interest list of whatever the kernel gives the number to next.</summary>
-    private void CloseEpoll()
-    {
-        int fd = _epollFd;
-        Volatile.Write(ref _epollFd, -1);
-        _ = Libc.close(fd);
-    }
-
-    /// <summary>After the loop stopped: runs the queued work on this thread, as the loop would, one caller at a time.</summary>
-    private void RunLateWork()
-    {
-        lock (_lateWorkLock)
-        {
-            EpollLoop? previous = t_current;
-            t_current = this;
-            try
-            {
-                while (_work.TryDequeue(out Work work))
-                {
-                    RunWork(work.Action, work.State);
-                }
-            }
-            finally
-            {
-                t_current = previous;
-            }
         }
     }
 
@@ -505,24 +376,6 @@ internal sealed unsafe partial class EpollLoop : PipeScheduler, IDisposable
             finally
             {
                 _serving = null;
-            }
-        }
-    }
-
-    private void StopHandlers()
-    {
-        foreach (IEpollHandler handler in Table.Snapshot())
-        {
-            if (handler.Loop == this)
-            {
-                try
-                {
-                    handler.OnLoopStopping();
-                }
-                catch (Exception ex)
-                {
-                    EpollLog.HandlerFailed(_logger, Index, handler.Id, ex);
-                }
             }
         }
     }
