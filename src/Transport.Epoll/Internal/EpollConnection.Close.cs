@@ -27,7 +27,6 @@ internal sealed partial class EpollConnection
     private EpollCloseReason _closeReason;
     private Exception? _closeError;
     private int _connectionClosedFired;
-    private bool _applicationDisposed;
     private readonly TaskCompletionSource _connectionClosedCallbacksDone = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
     public override CancellationToken ConnectionClosed
@@ -109,7 +108,7 @@ internal sealed partial class EpollConnection
         int fd = _fd;
         if (fd >= 0)
         {
-            Volatile.Write(ref _flusherGate, GateShut);
+            _flushingThread?.ShutNow();
             Loop.Table.Remove(Id);
             Loop.RemoveConnection(this);
             Volatile.Write(ref _fd, -1);
@@ -120,8 +119,8 @@ internal sealed partial class EpollConnection
             _context.Metrics.ConnectionClosed(_closeReason);
         }
 
-        _receiveCompleted = true;
-        _sendCompleted = true;
+        _receiveState = ReceiveState.Done;
+        _sendState = SendState.Done;
         IgnoreFailure(static (c, e) => c._input.Writer.Complete(e), reason);
         IgnoreFailure(static (c, _) => c._output.Reader.Complete(), reason);
         FireConnectionClosed();
@@ -142,7 +141,6 @@ internal sealed partial class EpollConnection
 
     private void DisposeOnLoop()
     {
-        _applicationDisposed = true;
         if (_fd < 0)
         {
             return;
@@ -204,7 +202,7 @@ internal sealed partial class EpollConnection
         System.IO.Pipelines.ReadResult result;
         try
         {
-            if (_sendCompleted || _outputReadPending || !_output.Reader.TryRead(out result))
+            if (SendDone || _outputReadPending || !_output.Reader.TryRead(out result))
             {
                 return 0;
             }
@@ -219,7 +217,7 @@ internal sealed partial class EpollConnection
         // Bytes held for zero-copy completions at the front were sent already. Nothing is consumed, and the examined
         // position stays where the last send left it: a pipe refuses to move it back, and the send side may have
         // examined past the held bytes.
-        long length = result.Buffer.Length - (_outputSent - _outputReleased);
+        long length = _positions.UnsentIn(result.Buffer);
         _output.Reader.AdvanceTo(result.Buffer.Start, result.Buffer.End);
         return length;
     }
@@ -267,13 +265,8 @@ internal sealed partial class EpollConnection
 
     private void TryCloseAfterBothSidesDone()
     {
-        if (_fd < 0 || !_sendCompleted)
-        {
-            return;
-        }
-
-        // Send side done. Close when the receive side is done too, or when nobody will read any more.
-        if (_receiveCompleted || _applicationDisposed)
+        // DisposeAsync completes the input first, so "nobody will read any more" is covered by the receive side's Done.
+        if (_fd >= 0 && SendDone && InputDone)
         {
             CloseFd();
         }
@@ -302,17 +295,17 @@ internal sealed partial class EpollConnection
         Volatile.Write(ref _fd, -1);
         _ = Libc.close(fd);
 
-        if (!_receiveCompleted)
+        if (!InputDone)
         {
             CompleteInput(null);
         }
 
-        if (!_sendCompleted)
+        if (!SendDone)
         {
             CompleteOutput(null);
         }
 
-        AbandonFileJob();
+        _files?.Abandon();
 
         _context.Metrics.ConnectionClosed(_closeReason);
         EpollLog.ConnectionClosed(_logger, ConnectionId, _closeReason);

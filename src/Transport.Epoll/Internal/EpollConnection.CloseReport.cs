@@ -19,7 +19,7 @@ internal sealed partial class EpollConnection
     /// <summary>
     /// On the loop, with the fd closed: <paramref name="job"/> (no longer the connection's) fails with
     /// <paramref name="error"/> on the thread pool once ConnectionClosed's callbacks returned (at once if they did
-    /// already). CloseFd queues ConnectionClosed right after AbandonFileJob, so the wait is one thread-pool hop; only
+    /// already). CloseFd queues ConnectionClosed right after FileSender.Abandon, so the wait is one thread-pool hop; only
     /// this close path pays for it. A ConnectionClosed callback must not block waiting for the job: it would wait for
     /// itself.
     /// </summary>

@@ -22,13 +22,11 @@ internal sealed partial class EpollConnection
     private ValueTask<FlushResult> _flushTask;
     private bool _readable;
     private bool _finOrErrorPending;
-    private bool _flushPending;
     private bool _readAgainQueued;
-    private bool _receiveCompleted;
 
 #pragma warning restore CA2012
 
-    private bool CanReceive => !_receiveCompleted && !_flushPending && _fd >= 0;
+    private bool CanReceive => _receiveState == ReceiveState.Reading && _fd >= 0;
 
     /// <summary>Next turn after a budget ran out (see <see cref="EpollLoop.ReadAgainNextTurn"/>).</summary>
     public void ReadAgain()
@@ -86,7 +84,7 @@ internal sealed partial class EpollConnection
                 if (!_flushTask.IsCompleted)
                 {
                     // Over MaxReadBufferSize: stop reading. The kernel's receive window now pushes back on the peer.
-                    _flushPending = true;
+                    _receiveState = ReceiveState.Paused;
                     _flushTask.GetAwaiter().UnsafeOnCompleted(_onFlushCompleted);
                     return;
                 }
@@ -122,11 +120,12 @@ internal sealed partial class EpollConnection
     /// <summary>Runs on the loop when the application has consumed enough for a paused flush to complete.</summary>
     private void OnInputFlushCompleted()
     {
-        _flushPending = false;
-        if (_fd < 0 || _receiveCompleted)
+        if (_fd < 0 || _receiveState != ReceiveState.Paused)
         {
             return;
         }
+
+        _receiveState = ReceiveState.Reading;
 
         if (HandleFlushResult() && _readable)
         {
@@ -166,12 +165,12 @@ internal sealed partial class EpollConnection
 
     private void CompleteInput(Exception? error)
     {
-        if (_receiveCompleted)
+        if (InputDone)
         {
             return;
         }
 
-        _receiveCompleted = true;
+        _receiveState = ReceiveState.Done;
         _input.Writer.Complete(error);
     }
 

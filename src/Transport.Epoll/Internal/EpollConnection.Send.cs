@@ -5,27 +5,42 @@ using Transport.Epoll.Interop;
 
 namespace Transport.Epoll.Internal;
 
+/// <summary>
+/// The send loop: reads the output pipe and, for each read, only chooses what comes next: write bytes
+/// (<c>EpollConnection.SocketWrite.cs</c>), pump a file (<see cref="FileSender"/>), or wait (for EPOLLOUT, a zero-copy
+/// completion (<see cref="ZeroCopySender"/>), the file, or more output). Where it stands in the stream is
+/// <see cref="OutputPositions"/>; its states are in <c>EpollConnection.Lifecycle.cs</c>. It runs on the loop, or on the
+/// thread that flushed (<see cref="FlushingThreadSender"/>).
+/// </summary>
 internal sealed partial class EpollConnection
 {
     private readonly Action _onOutputReadable;
     private ValueTask<ReadResult> _readTask;
     private bool _outputReadPending;
-    private bool _waitingForWritable;
-    private bool _sendCompleted;
+    private OutputPositions _positions;
+
+    /// <summary>Why the send loop stopped with a read result.</summary>
+    private enum SendStop
+    {
+        /// <summary>Everything it may send now is sent (all of it, or all before a file still going out).</summary>
+        Sent,
+
+        /// <summary>The kernel took part of a write.</summary>
+        Partial,
+
+        /// <summary>Zero-copy bytes held are at their budget.</summary>
+        HeldBack,
+        SocketError,
+        FileFailed,
+    }
 
     /// <summary>Tests only: thrown by the next send, on whichever thread runs it, to stand for a bug in the send path.</summary>
     internal Exception? SendFaultForTest { get; set; }
 
-    /// <summary>Output-stream position of the first byte the pipe still holds (bytes consumed so far).</summary>
-    private long _outputReleased;
-
-    /// <summary>Output-stream position of the next byte to send: past <see cref="_outputReleased"/> only within SendOutput.</summary>
-    private long _outputSent;
-
     /// <summary>Takes what the application has flushed and writes it; parks on EPOLLOUT when the kernel is full.</summary>
     private void ReadOutput()
     {
-        while (!_sendCompleted && _fd >= 0)
+        while (!SendDone && _fd >= 0)
         {
 #pragma warning disable CA2012 // consumed once: here when complete, else in OnOutputReadable
             _readTask = _output.Reader.ReadAsync();
@@ -54,31 +69,176 @@ internal sealed partial class EpollConnection
         }
     }
 
-    /// <summary>
-    /// Writes one read result. False when the send side stops (done, failed, or waiting for EPOLLOUT). The pipe is read
-    /// as a stream: <see cref="_outputReleased"/> is the stream position of the buffer's first byte and
-    /// <see cref="_outputSent"/> of the next byte to send; a file range handed over with SendFileAsync sits at a
-    /// stream position of its own (see EpollConnection.SendFile.cs).
-    /// </summary>
+    /// <summary>Sends one read result. False when the send side stops: done, failed, handed to the loop, or waiting.</summary>
     private bool SendOutput()
     {
-        if (SendFaultForTest is { } fault)
+        ThrowSendFaultForTest();
+        if (!TryTakeReadResult(out ReadResult result))
         {
-            SendFaultForTest = null;
-            throw fault;
+            return false;
         }
 
-        ReadResult result;
+        // Read once: a flushing thread that saw no job here must not meet one below (it would drive the file, and a
+        // failure there shuts the gate it is inside: it would spin on itself in Shut).
+        SendFileJob? job = _files?.Job;
+        if (OnFlusher && !FlushingThreadSender.Takes(result, job, this))
+        {
+            // Nothing consumed or examined: the loop reads again, and by then its read also takes what was flushed
+            // since (the next pipelined responses), so they leave in one writev (see FlushingThreadSender).
+            _output.Reader.AdvanceTo(result.Buffer.Start);
+            _flushingThread!.HandOver();
+            return false;
+        }
+
+        if (_fd < 0 || SendDone)
+        {
+            AbandonOutput(result.Buffer);
+            return false;
+        }
+
+        // A cancelled read (a SendFileAsync arriving, a file range finishing) carries the buffer like any other.
+        ReadOnlySequence<byte> buffer = result.Buffer;
+        long bufferEnd = _positions.EndOf(buffer);
+        if (job is { StreamPosition: < 0 })
+        {
+            // Everything flushed before the job is in this buffer, and nothing after it: its caller waits for the job.
+            job.StreamPosition = bufferEnd;
+        }
+
+        SendStop stop = SendUntilStopped(buffer, bufferEnd, job, out Error error);
+        _positions.Release(_output.Reader, buffer, ZeroCopyHeldFrom, examinedAll: stop is not (SendStop.Partial or SendStop.HeldBack));
+        if (stop != SendStop.Sent)
+        {
+            Wait(stop, error);
+            return false;
+        }
+
+        return !result.IsCompleted || !EndOutput(bufferEnd);
+    }
+
+    /// <summary>Writes bytes and pumps files, in stream order, until it may not go on.</summary>
+    private SendStop SendUntilStopped(in ReadOnlySequence<byte> buffer, long bufferEnd, SendFileJob? job, out Error error)
+    {
+        error = Error.Success;
+        while (true)
+        {
+            if (job is not null && _positions.Sent >= job.StreamPosition)
+            {
+                switch (_files!.Step(job, bufferEnd))
+                {
+                    case FileProgress.Finished:
+                        job = null;
+                        continue;
+                    case FileProgress.Failed:
+                        return SendStop.FileFailed;
+                    default:
+                        // The file, or more of its placeholders, is still to come: what follows the job waits.
+                        return SendStop.Sent;
+                }
+            }
+
+            long limit = job?.StreamPosition ?? bufferEnd;
+            if (_positions.Sent >= limit)
+            {
+                return SendStop.Sent;
+            }
+
+            long room = _zeroCopy?.SendRoom(_positions.Sent) ?? long.MaxValue;
+            if (room <= 0)
+            {
+                return SendStop.HeldBack;
+            }
+
+            ReadOnlySequence<byte> pending = _positions.NextToSend(buffer, limit, room);
+            long written = WriteBuffer(pending, out error);
+            _positions.AddSent(written);
+            if (error != Error.Success)
+            {
+                return SendStop.SocketError;
+            }
+
+            if (written < pending.Length)
+            {
+                CountPartialWrite();
+                RearmIfFaultInjected();
+                return SendStop.Partial;
+            }
+        }
+    }
+
+    /// <summary>What the send side waits for after a read it could not send all of.</summary>
+    private void Wait(SendStop stop, Error error)
+    {
+        switch (stop)
+        {
+            case SendStop.SocketError when OnFlusher:
+            case SendStop.Partial when OnFlusher:
+                // Closing and EPOLLOUT are the loop's: it writes the rest, and parks on EPOLLOUT if it too hits EAGAIN.
+                _flushingThread!.HandOver(error);
+                break;
+            case SendStop.SocketError:
+                OnSocketError(error);
+                break;
+            case SendStop.FileFailed:
+                _files!.Fail();
+                break;
+            case SendStop.Partial:
+                // The kernel took part of it; the rest waits for EPOLLOUT (registered once, edge-triggered).
+                _sendState = SendState.AwaitingWritable;
+                break;
+            case SendStop.HeldBack:
+                // Left unexamined, what is not sent yet counts against MaxWriteBufferSize and holds the writer.
+                _sendState = SendState.AwaitingZeroCopyRoom;
+                break;
+        }
+    }
+
+    /// <summary>The application completed its output and this read has sent all of it: FIN. False if it cannot end yet.</summary>
+    private bool EndOutput(long bufferEnd)
+    {
+        if (_files?.Job is not null)
+        {
+            // The application completed its output without waiting for its SendFileAsync (or gave up on it). A
+            // completed pipe answers every read at once, so waiting for the job here would spin the loop.
+            AbortOnLoop(new ConnectionAbortedException("The output was completed while a file was being sent."), EpollCloseReason.Aborted);
+            return true;
+        }
+
+        if (_positions.Sent != bufferEnd)
+        {
+            return false;
+        }
+
+        // Every byte is with the kernel: send FIN, keep reading (half-close) until the peer's FIN or the application's end.
+        _ = Libc.shutdown(_fd, Libc.SHUT_WR);
+        SetCloseReason(EpollCloseReason.LocalClose, null);
+        if (ZeroCopyPending)
+        {
+            _sendState = SendState.AwaitingZeroCopyCompletions;
+            _zeroCopy!.WaitBeforeClose();
+            return true;
+        }
+
+        CompleteOutput(null);
+        TryCloseAfterBothSidesDone();
+        return true;
+    }
+
+    private bool TryTakeReadResult(out ReadResult result)
+    {
         try
         {
             result = _readTask.GetAwaiter().GetResult();
+            _readTask = default;
+            return true;
         }
         catch (Exception ex)
         {
             _readTask = default;
+            result = default;
             if (OnFlusher)
             {
-                HandOverToLoop(exception: ex);
+                _flushingThread!.HandOver(exception: ex);
             }
             else
             {
@@ -87,185 +247,34 @@ internal sealed partial class EpollConnection
 
             return false;
         }
+    }
 
-        _readTask = default;
-        PipeReader reader = _output.Reader;
-
-        // Read once: a flushing thread that saw no job here must not meet one below (it would drive the file, and a
-        // failure there shuts the gate it is inside: it would spin on itself in ShutOutFlushers).
-        SendFileJob? job = _fileJob;
-        if (OnFlusher && (result.IsCompleted || job is not null || _fd < 0 || _sendCompleted
-            || result.Buffer.Length - (_outputSent - _outputReleased) < FlusherSendMinBytes))
+    /// <summary>
+    /// Closed while the read was pending (abort, reset): the bytes are abandoned, except those the kernel may still read
+    /// for a zero-copy send, which are never handed back to the pool (examined stays at the end, where the last send may
+    /// have put it: a pipe refuses to move it back).
+    /// </summary>
+    private void AbandonOutput(in ReadOnlySequence<byte> buffer)
+    {
+        if (ZeroCopyPending)
         {
-            // Not a case a flushing thread handles (a small flush, the end, a file job). Nothing consumed or examined:
-            // the loop reads again, and by then its read also takes what was flushed since (the next pipelined
-            // responses), so they leave in one writev (see EpollConnection.FlusherSend.cs).
-            reader.AdvanceTo(result.Buffer.Start);
-            HandOverToLoop();
-            return false;
+            _output.Reader.AdvanceTo(buffer.Start, buffer.End);
+            _sendState = SendState.Done;
+            _zeroCopy!.ReleaseOutputAfterGrace();
+            return;
         }
 
-        if (_fd < 0 || _sendCompleted)
+        _output.Reader.AdvanceTo(buffer.End);
+        CompleteOutput(null);
+    }
+
+    private void ThrowSendFaultForTest()
+    {
+        if (SendFaultForTest is { } fault)
         {
-            // Closed while the read was pending (abort, reset): the bytes are abandoned, except those the kernel may
-            // still read for a zero-copy send, which are never handed back to the pool (examined stays at the end,
-            // where the last send may have put it: a pipe refuses to move it back).
-            if (ZeroCopyPending)
-            {
-                reader.AdvanceTo(result.Buffer.Start, result.Buffer.End);
-                _sendCompleted = true;
-                ReleaseOutputAfterGrace();
-                return false;
-            }
-
-            reader.AdvanceTo(result.Buffer.End);
-            CompleteOutput(null);
-            return false;
+            SendFaultForTest = null;
+            throw fault;
         }
-
-        // A cancelled read (a SendFileAsync arriving, a file range finishing) carries the buffer like any other.
-        ReadOnlySequence<byte> buffer = result.Buffer;
-        long bufferEnd = _outputReleased + buffer.Length;
-        if (job is { StreamPosition: < 0 })
-        {
-            // Everything flushed before the job is in this buffer, and nothing after it: its caller waits for the job.
-            job.StreamPosition = bufferEnd;
-        }
-
-        Error error = Error.Success;
-        bool partial = false;
-        bool heldBack = false;
-        FileStep fileStep = FileStep.Waiting;
-        while (true)
-        {
-            if (job is not null && _outputSent >= job.StreamPosition)
-            {
-                fileStep = ReachFileJob(job, bufferEnd);
-                if (fileStep == FileStep.Done && _outputSent == job.PlaceholderEnd)
-                {
-                    FinishFileJob(job, SendFileOutcome.Sent);
-                    job = null;
-                    continue;
-                }
-
-                if (fileStep == FileStep.NotSupported)
-                {
-                    FinishFileJob(job, SendFileOutcome.NotSupported);
-                    job = null;
-                    continue;
-                }
-
-                // The file, or more of its placeholders, is still to come: what follows the job waits.
-                break;
-            }
-
-            long limit = job is null ? bufferEnd : job.StreamPosition;
-            if (_outputSent >= limit)
-            {
-                break;
-            }
-
-            long room = ZeroCopySendRoom;
-            if (room <= 0)
-            {
-                // The bytes held for zero-copy completions are at their budget: a completion goes on from here.
-                heldBack = true;
-                break;
-            }
-
-            ReadOnlySequence<byte> pending = buffer.Slice(_outputSent - _outputReleased, Math.Min(limit - _outputSent, room));
-            long written = WriteBuffer(pending, out error);
-            _outputSent += written;
-            if (error != Error.Success)
-            {
-                break;
-            }
-
-            if (written < pending.Length)
-            {
-                // The kernel took part of it; the rest waits for EPOLLOUT (registered once, edge-triggered).
-                CountPartialWrite();
-                RearmIfFaultInjected();
-                partial = true;
-                break;
-            }
-        }
-
-        // Sent bytes are released, except from the first zero-copy send the kernel has not completed.
-        long release = Math.Min(_outputSent, ZeroCopyHeldFrom);
-        long sentInBuffer = _outputSent - _outputReleased;
-        reader.AdvanceTo(buffer.GetPosition(release - _outputReleased), partial || heldBack ? buffer.GetPosition(sentInBuffer) : buffer.End);
-        _outputReleased = release;
-
-        if (error != Error.Success)
-        {
-            if (OnFlusher)
-            {
-                HandOverToLoop(error);
-            }
-            else
-            {
-                OnSocketError(error);
-            }
-
-            return false;
-        }
-
-        if (fileStep == FileStep.Failed)
-        {
-            FailFileJob();
-            return false;
-        }
-
-        if (partial)
-        {
-            if (OnFlusher)
-            {
-                // EPOLLOUT is the loop's to watch: it writes the rest, and parks on EPOLLOUT if it too hits EAGAIN.
-                HandOverToLoop();
-            }
-            else
-            {
-                _waitingForWritable = true;
-            }
-
-            return false;
-        }
-
-        if (heldBack)
-        {
-            // Left unexamined, what is not sent yet counts against MaxWriteBufferSize and holds the writer.
-            _waitingForZeroCopy = true;
-            return false;
-        }
-
-        if (result.IsCompleted && _fileJob is not null)
-        {
-            // The application completed its output without waiting for its SendFileAsync (or gave up on it). A
-            // completed pipe answers every read at once, so waiting for the job here would spin the loop.
-            AbortOnLoop(new ConnectionAbortedException("The output was completed while a file was being sent."), EpollCloseReason.Aborted);
-            return false;
-        }
-
-        if (result.IsCompleted && _outputSent == bufferEnd)
-        {
-
-            // The application completed its output and every byte is with the kernel: send FIN, keep reading
-            // (half-close) until the peer's FIN or the application's end.
-            _ = Libc.shutdown(_fd, Libc.SHUT_WR);
-            SetCloseReason(EpollCloseReason.LocalClose, null);
-            if (ZeroCopyPending)
-            {
-                WaitForZeroCopyBeforeClose();
-                return false;
-            }
-
-            CompleteOutput(null);
-            TryCloseAfterBothSidesDone();
-            return false;
-        }
-
-        return true;
     }
 
     /// <summary>The application completed its output with an error: nothing sensible can follow on this stream.</summary>
@@ -287,118 +296,6 @@ internal sealed partial class EpollConnection
         }
     }
 
-    /// <summary>sendmsg(2) (a writev with MSG_NOSIGNAL) straight from the pipe's segments. Returns the bytes the kernel took.</summary>
-    private unsafe long WriteBuffer(in ReadOnlySequence<byte> buffer, out Error error)
-    {
-        var tally = new SendTally();
-        long written;
-        if (Loop.IsCurrentThread)
-        {
-            WriteScratch scratch = Loop.WriteScratch;
-            written = WriteBuffer(buffer, scratch.Vectors, scratch.Pins, ref tally, out error);
-            Loop.Counters.AddLoopSends(tally);
-        }
-        else
-        {
-            // A flushing thread (EpollConnection.FlusherSend.cs): its iovecs and pins live on its own stack.
-            IOVector* vectors = stackalloc IOVector[WriteScratch.MaxSegments];
-            var pins = new FlusherPins();
-            written = WriteBuffer(buffer, vectors, pins, ref tally, out error);
-            Loop.FlusherCounters.AddFlusherSends(tally);
-        }
-
-        return written;
-    }
-
-    private unsafe long WriteBuffer(in ReadOnlySequence<byte> buffer, IOVector* vectors, Span<MemoryHandle> pins, ref SendTally tally, out Error error)
-    {
-        long total = 0;
-        error = Error.Success;
-
-        SequencePosition position = buffer.Start;
-        while (true)
-        {
-            int count = 0;
-            long batch = 0;
-            while (count < WriteScratch.MaxSegments && buffer.TryGet(ref position, out ReadOnlyMemory<byte> segment))
-            {
-                if (segment.IsEmpty)
-                {
-                    continue;
-                }
-
-                pins[count] = segment.Pin();
-                vectors[count].Base = pins[count].Pointer;
-                vectors[count].Count = (nuint)segment.Length;
-                batch += segment.Length;
-                count++;
-            }
-
-            if (count == 0)
-            {
-                return total;
-            }
-
-            int flags = UseZeroCopy(batch) ? Libc.MSG_ZEROCOPY : 0;
-            nint written;
-            do
-            {
-                written = Libc.SendVectors(_fd, vectors, count, flags);
-            }
-            while (written < 0 && Errno.Last == Error.EINTR);
-
-            if (written < 0 && flags != 0 && Errno.Last == Error.ENOBUFS)
-            {
-                // The pages a zero-copy send pins are charged to the socket's optmem (net.core.optmem_max): over it,
-                // this connection copies from now on, starting with this very send.
-                TurnZeroCopyOff("ENOBUFS");
-                flags = 0;
-                tally.Writes++;
-                do
-                {
-                    written = Libc.SendVectors(_fd, vectors, count);
-                }
-                while (written < 0 && Errno.Last == Error.EINTR);
-            }
-
-            Error lastError = written < 0 ? Errno.Last : Error.Success;
-            tally.Writes++;
-            if (written > 0 && flags != 0)
-            {
-                // The kernel reads these pages after sendmsg returns: their pins move to the send's entry.
-                OnZeroCopySent(_outputSent + total, pins, count);
-            }
-
-            for (int i = 0; i < count; i++)
-            {
-                pins[i].Dispose();
-            }
-
-            if (written < 0)
-            {
-                if (lastError != Error.EAGAIN)
-                {
-                    error = lastError;
-                }
-                else
-                {
-                    tally.WouldBlock++;
-                    RearmIfFaultInjected();
-                }
-
-                return total;
-            }
-
-            total += written;
-            tally.Bytes += written;
-            _lastActivity = Loop.Now;
-            if (written < batch)
-            {
-                return total;
-            }
-        }
-    }
-
     /// <summary>Wakes a pending output read (its continuation then runs SendOutput with whatever the pipe holds): how
     /// the loop makes the send side look again after a file job or a zero-copy completion changed what it may do.</summary>
     private void RereadOutput()
@@ -413,16 +310,13 @@ internal sealed partial class EpollConnection
     {
         // The pipe's memory goes back to the pool below: no flushing thread may be sending from it.
         ShutOutFlushers();
-        _sendCompleted = true;
-        _waitingForWritable = false;
-        _waitingForZeroCopy = false;
-        _zeroCopyClosePending = false;
+        _sendState = SendState.Done;
         if (!_outputReadPending)
         {
             if (ZeroCopyPending)
             {
                 // The kernel may still read these buffers: they go back to the pool only after a grace period.
-                ReleaseOutputAfterGrace();
+                _zeroCopy!.ReleaseOutputAfterGrace();
                 return;
             }
 

@@ -8,13 +8,22 @@ namespace Transport.Epoll.Internal;
 /// <summary>
 /// The application's side of <see cref="IConnectionSendFileFeature"/>: decides between sendfile(2) and the copy
 /// fallback, and keeps the order of the output stream (flush what came before, hand the range to the loop, return
-/// when it is with the kernel).
+/// when it is with the kernel). The loop's side is <see cref="FileSender"/>.
 /// </summary>
 internal sealed partial class EpollConnection
 {
     /// <summary>Bytes read (one pread) and flushed per chunk by the copy fallback. Measured (benchmarks/load/download.py):
     /// 16 KiB chunks cost a loop wake-up per 16 KiB and ran at 0.42x the Sockets transport's throughput.</summary>
     internal const int CopyChunkSize = 64 * 1024;
+
+    private static readonly Action<object?> s_startFileJob = static state =>
+    {
+        var (connection, job) = ((EpollConnection, SendFileJob))state!;
+        (connection._files ??= new FileSender(connection)).Start(job);
+    };
+
+    /// <summary>The loop's side of SendFileAsync, made at the first job (most connections never send a file).</summary>
+    private FileSender? _files;
 
     public bool IsSendFileAvailable => _context.Options.EnableSendFile && ReferenceEquals(Transport, _originalTransport) && FileDescriptor >= 0;
 
@@ -56,6 +65,44 @@ internal sealed partial class EpollConnection
             await CopyFileAsync(output, file, offset, count, cancellationToken).ConfigureAwait(false);
         }
     }
+
+    /// <summary>Hands <paramref name="job"/> to the loop (from the application's thread) and waits for its end.</summary>
+    internal async Task<SendFileOutcome> RunFileJobAsync(SendFileJob job, CancellationToken cancellationToken)
+    {
+        bool added = false;
+        job.File.DangerousAddRef(ref added);
+        try
+        {
+            job.FileFd = (int)job.File.DangerousGetHandle();
+            Loop.Schedule(s_startFileJob, (this, job));
+            using CancellationTokenRegistration registration = cancellationToken.UnsafeRegister(static (state, token) =>
+            {
+                var (connection, job) = ((EpollConnection, SendFileJob))state!;
+                connection.Loop.Schedule(static s =>
+                {
+                    var (c, j, t) = ((EpollConnection, SendFileJob, CancellationToken))s!;
+                    c._files?.Cancel(j, t);
+                }, (connection, job, token));
+            }, (this, job));
+            return await job.Completion.Task.ConfigureAwait(false);
+        }
+        finally
+        {
+            // The loop is done with the descriptor (a worker thread holds a reference of its own while it runs).
+            if (added)
+            {
+                job.File.DangerousRelease();
+            }
+        }
+    }
+
+    /// <summary>Ends <paramref name="job"/> from the application's thread, as a cancellation of its token would.</summary>
+    internal void CancelFileJob(SendFileJob job)
+        => Loop.Schedule(static state =>
+        {
+            var (connection, job) = ((EpollConnection, SendFileJob))state!;
+            connection._files?.Cancel(job, CancellationToken.None);
+        }, (this, job));
 
     internal static bool IsRegularFile(SafeFileHandle file)
         => Libc.StatFile((int)file.DangerousGetHandle(), out bool isRegular, out _) == Error.Success && isRegular;

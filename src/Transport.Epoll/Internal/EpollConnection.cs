@@ -11,7 +11,7 @@ namespace Transport.Epoll.Internal;
 /// <summary>
 /// One accepted socket, owned by one loop for its whole life. The loop's thread does all of its syscalls: reads into
 /// the input pipe (<c>EpollConnection.Receive.cs</c>), writes from the output pipe (<c>EpollConnection.Send.cs</c>),
-/// and the close (<c>EpollConnection.Close.cs</c>). Calls from other threads (Abort, DisposeAsync) are handed to
+/// and the close (<c>EpollConnection.Close.cs</c>); its states are in <c>EpollConnection.Lifecycle.cs</c>. Calls from other threads (Abort, DisposeAsync) are handed to
 /// the loop; they carry this object, whose fd is -1 once closed, so late work never reaches the fd's next owner.
 /// </summary>
 internal sealed partial class EpollConnection : ConnectionContext, IEpollHandler
@@ -40,6 +40,16 @@ internal sealed partial class EpollConnection : ConnectionContext, IEpollHandler
         LocalEndPoint = localEndPoint;
         RemoteEndPoint = remoteEndPoint;
         MemoryPool = loop.MemoryPool;
+        EpollTransportOptions options = _context.Options;
+        if (options.ZeroCopyThreshold is > 0 and int threshold)
+        {
+            _zeroCopy = new ZeroCopySender(this, threshold);
+        }
+        else if (options.SendOnFlushingThread)
+        {
+            // Zero-copy's state is the loop's alone, so flushing threads send only on connections without it.
+            _flushingThread = new FlushingThreadSender(this);
+        }
 
         // Input: the loop writes, the application reads. The writer's continuation (resume reading after
         // backpressure) runs on the loop; the reader's on the thread pool or, with inline scheduling, on the loop.
@@ -54,11 +64,11 @@ internal sealed partial class EpollConnection : ConnectionContext, IEpollHandler
 
         // Output: the application writes, the loop reads. Scheduling the reader on the loop is what defers sends
         // to the end of the loop's turn, so responses produced together leave in one writev. A flush from another
-        // thread sends right there when it can (EpollConnection.FlusherSend.cs).
+        // thread sends right there when it can (FlushingThreadSender).
         long maxWrite = _context.MaxWriteBufferSize;
         _output = new Pipe(new PipeOptions(
             MemoryPool,
-            readerScheduler: FlusherSendsEnabled ? new OutputScheduler(this) : loop,
+            readerScheduler: _flushingThread ?? (PipeScheduler)loop,
             writerScheduler: _context.ApplicationScheduler,
             pauseWriterThreshold: maxWrite,
             resumeWriterThreshold: maxWrite / 2,
@@ -122,9 +132,9 @@ internal sealed partial class EpollConnection : ConnectionContext, IEpollHandler
             return;
         }
 
-        if ((events & Libc.EPOLLERR) != 0 && _zeroCopyUsed)
+        if ((events & Libc.EPOLLERR) != 0 && _zeroCopy is { Used: true })
         {
-            events = HandleErrorQueue(events);
+            events = _zeroCopy.HandleErrorQueue(events);
             if (_fd < 0)
             {
                 return;
@@ -162,21 +172,10 @@ internal sealed partial class EpollConnection : ConnectionContext, IEpollHandler
 
     private void OnWritable()
     {
-        if (_fileWorkerBusy)
+        _files?.OnWritable();
+        if (_sendState == SendState.AwaitingWritable && _fd >= 0)
         {
-            // A worker thread is in sendfile on this socket: it cannot see this edge, so remember it for its return.
-            _writableWhileWorkerBusy = true;
-        }
-
-        if (_fileWaitingForWritable)
-        {
-            _fileWaitingForWritable = false;
-            ContinueFile();
-        }
-
-        if (_waitingForWritable && _fd >= 0)
-        {
-            _waitingForWritable = false;
+            _sendState = SendState.Sending;
             ReadOutput();
         }
     }

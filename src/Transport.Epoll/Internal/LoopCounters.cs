@@ -6,7 +6,7 @@ namespace Transport.Epoll.Internal;
 /// The transport runs only in 64-bit processes (<see cref="EpollTransport.IsSupported"/>), where aligned 64-bit loads
 /// and stores are single instructions, so a reader on another thread never sees a torn value (ECMA-335 I.12.6.6
 /// promises that for native-int-sized fields only, which is why 32-bit processes are refused).
-/// Sends made on a flushing thread (see EpollConnection.FlusherSend.cs) go to a second instance per loop through
+/// Sends made on a flushing thread (see EpollConnection.FlushingThreadSender.cs) go to a second instance per loop through
 /// <see cref="AddFlusherSends"/>, the one place that uses atomics: several such threads may count at once.
 /// </summary>
 internal sealed class LoopCounters

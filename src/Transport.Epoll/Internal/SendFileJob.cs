@@ -15,7 +15,7 @@ internal enum SendFileOutcome
 /// <summary>
 /// One file range on its way out of a connection: where it sits in the output stream, how far it got, and the
 /// placeholder bytes that stand for it in the pipe when it was sent for an HTTP response (see
-/// <c>EpollConnection.SendFile.cs</c>). Only the loop's thread changes it after <see cref="EpollConnection"/> takes it.
+/// <c>EpollConnection.FileSender.cs</c>). Only the loop's thread changes it after <see cref="EpollConnection"/> takes it.
 /// </summary>
 internal sealed class SendFileJob
 {
