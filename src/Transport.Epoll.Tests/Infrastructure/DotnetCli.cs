@@ -1,5 +1,4 @@
 using System.Diagnostics;
-using System.Text;
 
 namespace Transport.Epoll.Tests.Infrastructure;
 
@@ -34,46 +33,12 @@ public static class DotnetCli
     /// </summary>
     public static async Task<(int ExitCode, string Output)> RunAsync(string workingDirectory, TimeSpan timeout, params string[] args)
     {
-        using var process = new Process { StartInfo = StartInfo(workingDirectory, args) };
-        var output = new StringBuilder();
-        var gate = new Lock();
-        void OnLine(string? line)
-        {
-            if (line is not null)
-            {
-                lock (gate)
-                {
-                    output.AppendLine(line);
-                }
-            }
-        }
-
-        process.OutputDataReceived += (_, e) => OnLine(e.Data);
-        process.ErrorDataReceived += (_, e) => OnLine(e.Data);
-        process.Start();
-        process.BeginOutputReadLine();
-        process.BeginErrorReadLine();
-        try
-        {
-            await process.WaitForExitAsync().WaitAsync(timeout);
-        }
-        catch (TimeoutException)
-        {
-            process.Kill(entireProcessTree: true);
-            lock (gate)
-            {
-                throw new TimeoutException($"dotnet {string.Join(' ', args)} ran longer than {timeout.TotalSeconds:0} s:\n{output}");
-            }
-        }
-
-        // WaitForExitAsync also waits for the redirected streams to close, so the output is complete here.
-        lock (gate)
-        {
-            return (process.ExitCode, output.ToString());
-        }
+        await using var process = ChildProcess.Start(StartInfo(workingDirectory, args));
+        int exitCode = await process.WaitForExitAsync(timeout, $"dotnet {string.Join(' ', args)}");
+        return (exitCode, string.Join('\n', process.Lines));
     }
 
-    /// <summary>A start info for <c>dotnet ARGS</c> with redirected output and the cleaned environment; for long-lived children.</summary>
+    /// <summary>A start info for <c>dotnet ARGS</c> with redirected output and the cleaned environment; for <see cref="ChildProcess"/>.</summary>
     public static ProcessStartInfo StartInfo(string workingDirectory, params string[] args)
     {
         var psi = new ProcessStartInfo

@@ -1,6 +1,5 @@
 using System.Diagnostics;
 using System.IO.Compression;
-using System.Reflection;
 using System.Reflection.Metadata;
 using System.Text;
 using System.Text.RegularExpressions;
@@ -27,7 +26,7 @@ public sealed partial class PackageTests(ITestOutputHelper output)
     [Fact]
     public async Task PackedPackageServesPlaintextOnEpollInAnAppThatOnlyKnowsThePackage()
     {
-        string repository = FindRepositoryRoot();
+        string repository = Repository.Root;
         string work = Directory.CreateTempSubdirectory("epoll-package-").FullName;
         try
         {
@@ -43,8 +42,10 @@ public sealed partial class PackageTests(ITestOutputHelper output)
             AssertRestoredFromPackage(app, version);
             output.WriteLine($"built the app in {clock.Elapsed.TotalSeconds:0.0} s");
 
-            await using var server = await ConsumerProcess.StartAsync(Path.Combine(app, "bin", "Release", "net10.0", "Consumer.dll"), output);
-            using var client = HttpClients.Create(server.BaseAddress);
+            await using var server = ChildProcess.Start(ConsumerStartInfo(Path.Combine(app, "bin", "Release", "net10.0", "Consumer.dll")), output, "[app] ");
+            var listening = ListeningLine().Match(await server.WaitForStartLineAsync(ListeningLine().IsMatch, "The app"));
+            var baseAddress = new Uri(listening.Groups["url"].Value + "/");
+            using var client = HttpClients.Create(baseAddress);
             using var plaintext = await client.GetAsync(new Uri("/plaintext", UriKind.Relative)).WithTimeout();
             Assert.Equal("Hello, World!", await plaintext.Content.ReadAsStringAsync());
             Assert.Equal("text/plain", plaintext.Content.Headers.ContentType?.MediaType);
@@ -67,9 +68,8 @@ public sealed partial class PackageTests(ITestOutputHelper output)
     /// </summary>
     private async Task<string> PackAsync(string repository, string feed)
     {
-        string configuration = typeof(PackageTests).Assembly.GetCustomAttribute<AssemblyConfigurationAttribute>()?.Configuration ?? "Debug";
         string project = Path.Combine(repository, "src", "Transport.Epoll", "Transport.Epoll.csproj");
-        var (exitCode, packOutput) = await DotnetCli.RunAsync(repository, PackTimeout, "pack", project, "-c", configuration, "--no-build", "-o", feed);
+        var (exitCode, packOutput) = await DotnetCli.RunAsync(repository, PackTimeout, "pack", project, "-c", Repository.Configuration, "--no-build", "-o", feed);
         Assert.True(exitCode == 0, "dotnet pack failed:\n" + packOutput);
 
         string nupkg = Assert.Single(Directory.GetFiles(feed, "Transport.Epoll.*.nupkg"));
@@ -212,122 +212,15 @@ public sealed partial class PackageTests(ITestOutputHelper output)
         Assert.DoesNotContain("\"type\": \"project\"", assets, StringComparison.Ordinal);
     }
 
-    private static string FindRepositoryRoot()
+    /// <summary>The built app on 127.0.0.1, on a port the kernel picks; it prints the address it listens on.</summary>
+    private static ProcessStartInfo ConsumerStartInfo(string dll)
     {
-        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
-        {
-            if (File.Exists(Path.Combine(dir.FullName, "EpollTransport.sln")))
-            {
-                return dir.FullName;
-            }
-        }
-
-        throw new DirectoryNotFoundException($"EpollTransport.sln not found above {AppContext.BaseDirectory}.");
+        var psi = DotnetCli.StartInfo(Path.GetDirectoryName(dll)!, dll, "--urls", "http://127.0.0.1:0");
+        psi.Environment["ASPNETCORE_ENVIRONMENT"] = "Production";
+        psi.Environment["Logging__LogLevel__Default"] = "Warning";
+        return psi;
     }
 
-    /// <summary>The built app as a child process on 127.0.0.1, on a port the kernel picks. Disposing kills it.</summary>
-    private sealed partial class ConsumerProcess : IAsyncDisposable
-    {
-        private readonly Process _process;
-        private readonly StringBuilder _output = new();
-        private readonly Lock _lock = new();
-        private readonly TaskCompletionSource<Uri> _listening = new(TaskCreationOptions.RunContinuationsAsynchronously);
-
-        private ConsumerProcess(Process process) => _process = process;
-
-        public Uri BaseAddress { get; private set; } = null!;
-
-        public static async Task<ConsumerProcess> StartAsync(string dll, ITestOutputHelper output)
-        {
-            var psi = DotnetCli.StartInfo(Path.GetDirectoryName(dll)!, dll, "--urls", "http://127.0.0.1:0");
-            psi.Environment["ASPNETCORE_ENVIRONMENT"] = "Production";
-            psi.Environment["Logging__LogLevel__Default"] = "Warning";
-            var consumer = new ConsumerProcess(new Process { StartInfo = psi });
-            consumer._process.OutputDataReceived += (_, e) => consumer.OnLine(e.Data, output);
-            consumer._process.ErrorDataReceived += (_, e) => consumer.OnLine(e.Data, output);
-            consumer._process.Start();
-            consumer._process.BeginOutputReadLine();
-            consumer._process.BeginErrorReadLine();
-            try
-            {
-                var exited = consumer._process.WaitForExitAsync();
-                var first = await Task.WhenAny(consumer._listening.Task, exited).WaitAsync(Timeouts.Bulk);
-                if (first != consumer._listening.Task)
-                {
-                    throw new InvalidOperationException($"The app exited with {consumer._process.ExitCode} before it listened:\n{consumer.Output}");
-                }
-
-                consumer.BaseAddress = await consumer._listening.Task;
-                return consumer;
-            }
-            catch (TimeoutException)
-            {
-                await consumer.DisposeAsync();
-                throw new TimeoutException($"The app did not say it listened within {Timeouts.Bulk}:\n{consumer.Output}");
-            }
-            catch
-            {
-                await consumer.DisposeAsync();
-                throw;
-            }
-        }
-
-        private string Output
-        {
-            get
-            {
-                lock (_lock)
-                {
-                    return _output.ToString();
-                }
-            }
-        }
-
-        public async ValueTask DisposeAsync()
-        {
-            try
-            {
-                if (!_process.HasExited)
-                {
-                    _process.Kill(entireProcessTree: true);
-                }
-
-                await _process.WaitForExitAsync().WaitAsync(Timeouts.Default);
-            }
-            finally
-            {
-                _process.Dispose();
-            }
-        }
-
-        private void OnLine(string? line, ITestOutputHelper output)
-        {
-            if (line is null)
-            {
-                return;
-            }
-
-            lock (_lock)
-            {
-                _output.AppendLine(line);
-            }
-
-            if (ListeningLine().Match(line) is { Success: true } match)
-            {
-                _listening.TrySetResult(new Uri(match.Groups["url"].Value + "/"));
-            }
-
-            try
-            {
-                output.WriteLine("[app] " + line);
-            }
-            catch (InvalidOperationException)
-            {
-                // The test already finished.
-            }
-        }
-
-        [GeneratedRegex(@"^Consumer: listening on (?<url>http://127\.0\.0\.1:\d+)")]
-        private static partial Regex ListeningLine();
-    }
+    [GeneratedRegex(@"^Consumer: listening on (?<url>http://127\.0\.0\.1:\d+)")]
+    private static partial Regex ListeningLine();
 }

@@ -4,7 +4,6 @@ using System.Net.Sockets;
 using System.Net.WebSockets;
 using System.Text;
 using Transport.Epoll.Tests.Infrastructure;
-using Transport.Epoll.Tests.Reliability;
 using Xunit.Abstractions;
 
 namespace Transport.Epoll.Tests.Sample;
@@ -90,18 +89,9 @@ public sealed class SampleAppTests(ITestOutputHelper output)
 
     private static async Task<(int ExitCode, string Stdout, string Stderr)> RunSampleToExitAsync(params string[] args)
     {
-        var psi = new ProcessStartInfo(SampleProcess.DotnetHost())
-        {
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-            UseShellExecute = false,
-        };
-        psi.ArgumentList.Add(SampleProcess.FindSampleDll());
-        foreach (string arg in (string[])["--EchoPort", "-1", .. args])
-        {
-            psi.ArgumentList.Add(arg);
-        }
-
+        // Not a ChildProcess: the test tells stdout from stderr, which that interleaves.
+        string dll = Repository.SampleDll;
+        var psi = DotnetCli.StartInfo(Path.GetDirectoryName(dll)!, [dll, "--EchoPort", "-1", .. args]);
         using var process = Process.Start(psi)!;
         Task<string> stdout = process.StandardOutput.ReadToEndAsync();
         Task<string> stderr = process.StandardError.ReadToEndAsync();

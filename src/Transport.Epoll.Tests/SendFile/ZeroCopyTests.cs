@@ -3,7 +3,6 @@ using System.Net.Sockets;
 using System.Text.Json;
 using Microsoft.AspNetCore.Connections;
 using Transport.Epoll.Tests.Infrastructure;
-using Transport.Epoll.Tests.Reliability;
 using Xunit.Abstractions;
 
 namespace Transport.Epoll.Tests.SendFile;

@@ -2,7 +2,7 @@ using System.Runtime.InteropServices;
 using Microsoft.Win32.SafeHandles;
 using Transport.Epoll.Interop;
 
-namespace Transport.Epoll.Tests.SendFile;
+namespace Transport.Epoll.Tests.Infrastructure;
 
 /// <summary>
 /// What of a file is in the page cache, seen two ways: mincore(2) over a mapping of the file, which every kernel has

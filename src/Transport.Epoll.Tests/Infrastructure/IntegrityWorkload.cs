@@ -2,9 +2,8 @@ using System.Net;
 using System.Net.Http.Headers;
 using System.Net.Sockets;
 using System.Text;
-using Transport.Epoll.Tests.Infrastructure;
 
-namespace Transport.Epoll.Tests.Reliability;
+namespace Transport.Epoll.Tests.Infrastructure;
 
 /// <summary>How one operation of the integrity workload ended.</summary>
 public enum Outcome

@@ -1,6 +1,6 @@
 using System.Runtime.InteropServices;
 
-namespace Transport.Epoll.Tests.Reliability;
+namespace Transport.Epoll.Tests.Infrastructure;
 
 /// <summary>The few libc calls the reliability tests need that the library's own interop does not have.</summary>
 internal static unsafe partial class Native
