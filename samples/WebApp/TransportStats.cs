@@ -9,7 +9,7 @@ namespace WebApp;
 
 /// <summary>
 /// The live counters behind <c>GET /stats</c>: a <see cref="MeterListener"/>, started before the server, that subscribes
-/// to every instrument of the transport's meter (<c>Transport.Epoll</c>) and keeps the latest figure of each, plus
+/// to every instrument of the transport's meter (<see cref="EpollTransport.MeterName"/>) and keeps the latest figure of each, plus
 /// what <c>/proc/self</c> says about the process (RSS, open fds, threads and the names of the <c>epoll-N</c> threads).
 /// </summary>
 /// <remarks>

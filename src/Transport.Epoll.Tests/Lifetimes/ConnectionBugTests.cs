@@ -72,7 +72,7 @@ public sealed class ConnectionBugTests(ITestOutputHelper output)
     }
 
     private static bool IsTheInjectedBug(LogEntry entry) =>
-        entry.Category.StartsWith("Transport.Epoll", StringComparison.Ordinal) && entry.ToString().Contains("a bug in the send path", StringComparison.Ordinal);
+        entry.Category.StartsWith(EpollLog.Category, StringComparison.Ordinal) && entry.ToString().Contains("a bug in the send path", StringComparison.Ordinal);
 
     private static async Task ReadUntilClosedAsync(Socket client)
     {

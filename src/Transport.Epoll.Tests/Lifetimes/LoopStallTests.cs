@@ -1,5 +1,6 @@
 using System.Buffers;
 using System.Text;
+using Transport.Epoll.Internal;
 using Transport.Epoll.Tests.Infrastructure;
 using Xunit.Abstractions;
 
@@ -66,7 +67,7 @@ public sealed class LoopStallTests(ITestOutputHelper output)
 
         Assert.True(metrics["epoll.loop.stalls"] >= 2, $"stalls counted: {metrics["epoll.loop.stalls"]}");
         string endPoint = server.EndPoint.ToString()!;
-        string warning = Assert.Single(server.Logs.Entries, e => e.Category == "Transport.Epoll" && e.EventId.Id == 9 && e.Message.Contains(endPoint, StringComparison.Ordinal)).Message;
+        string warning = Assert.Single(server.Logs.Entries, e => e.Category == EpollLog.Category && e.EventId.Id == EpollEvents.Id(nameof(EpollLog.LoopStalled)) && e.Message.Contains(endPoint, StringComparison.Ordinal)).Message;
         Assert.Contains(" ms in one turn serving ", warning, StringComparison.Ordinal);
         Assert.Contains("UnsafePreferInlineScheduling", warning, StringComparison.Ordinal);
 

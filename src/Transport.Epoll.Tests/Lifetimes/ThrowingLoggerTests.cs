@@ -2,6 +2,7 @@ using System.Net.Sockets;
 using System.Text;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
+using Transport.Epoll.Internal;
 using Transport.Epoll.Tests.Infrastructure;
 using Xunit.Abstractions;
 
@@ -25,7 +26,7 @@ public sealed class ThrowingLoggerTests(ITestOutputHelper output)
             public IDisposable? BeginScope<TState>(TState state)
                 where TState : notnull => null;
 
-            public bool IsEnabled(LogLevel logLevel) => category.StartsWith("Transport.Epoll", StringComparison.Ordinal);
+            public bool IsEnabled(LogLevel logLevel) => category.StartsWith(EpollLog.Category, StringComparison.Ordinal);
 
             public void Log<TState>(LogLevel logLevel, EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter)
             {
@@ -52,7 +53,7 @@ public sealed class ThrowingLoggerTests(ITestOutputHelper output)
             ConfigureBuilder = builder =>
             {
                 builder.Logging.AddProvider(throwing);
-                builder.Logging.AddFilter<ThrowingProvider>("Transport.Epoll", LogLevel.Debug);
+                builder.Logging.AddFilter<ThrowingProvider>(EpollLog.Category, LogLevel.Debug);
             },
         });
 

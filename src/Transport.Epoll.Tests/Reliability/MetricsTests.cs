@@ -8,7 +8,7 @@ using Xunit.Abstractions;
 
 namespace Transport.Epoll.Tests.Reliability;
 
-/// <summary>The "Transport.Epoll" meter, as dotnet-counters sees it: a MeterListener on one server's meter.</summary>
+/// <summary>The <see cref="EpollTransport.MeterName"/> meter, as dotnet-counters sees it: a MeterListener on one server's meter.</summary>
 public sealed class MetricsTests(ITestOutputHelper output)
 {
     [Fact]

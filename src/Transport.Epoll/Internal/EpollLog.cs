@@ -3,11 +3,18 @@ using Microsoft.Extensions.Logging;
 namespace Transport.Epoll.Internal;
 
 /// <summary>
-/// Every log line of the transport, with stable event ids (1-99: loops, 100-199: listeners, 200-299: connections,
-/// 300-399: sendfile and zero-copy sends).
+/// Every log line of the transport, in the logger category <see cref="Category"/>, with stable event ids in ranges by
+/// where the event happens: 1-99 event loops, 100-199 listeners and accept, 200-299 connections, 300-399 sendfile and
+/// zero-copy sends. An id, once shipped, keeps its meaning (log queries and alerts filter on it); a new event takes the
+/// next free id of its range, under its heading below. EpollLogTests checks that every id lies in the range of its
+/// heading, that the headings are these ranges, and that no two events share an id.
 /// </summary>
 internal static partial class EpollLog
 {
+    /// <summary>The logger category of every transport event (README.md and docs/METRICS.md name it).</summary>
+    public const string Category = "Transport.Epoll";
+
+    // 1-99: event loops.
     [LoggerMessage(1, LogLevel.Critical, "Event loop epoll-{Loop} crashed; its connections are no longer served.")]
     public static partial void LoopCrashed(ILogger logger, int loop, Exception exception);
 
@@ -23,18 +30,19 @@ internal static partial class EpollLog
     [LoggerMessage(5, LogLevel.Error, "Event loop epoll-{Loop}: scheduled work threw; the loop goes on.")]
     public static partial void ScheduledWorkFailed(ILogger logger, int loop, Exception exception);
 
-    [LoggerMessage(8, LogLevel.Error, "Event loop epoll-{Loop}: a turn failed; the loop goes on.")]
-    public static partial void TurnFailed(ILogger logger, int loop, Exception exception);
-
-    [LoggerMessage(9, LogLevel.Warning, "Event loop epoll-{Loop} spent {Milliseconds} ms in one turn serving {What} on {EndPoint}; every connection of the loop waited. Code that blocks must not run on the loop (UnsafePreferInlineScheduling). Reported once per endpoint; epoll.loop.stalls counts each.")]
-    public static partial void LoopStalled(ILogger logger, int loop, long milliseconds, string what, string endPoint);
-
     [LoggerMessage(6, LogLevel.Debug, "Started {Count} event loops.")]
     public static partial void LoopsStarted(ILogger logger, int count);
 
     [LoggerMessage(7, LogLevel.Debug, "Stopped {Count} event loops.")]
     public static partial void LoopsStopped(ILogger logger, int count);
 
+    [LoggerMessage(8, LogLevel.Error, "Event loop epoll-{Loop}: a turn failed; the loop goes on.")]
+    public static partial void TurnFailed(ILogger logger, int loop, Exception exception);
+
+    [LoggerMessage(9, LogLevel.Warning, "Event loop epoll-{Loop} spent {Milliseconds} ms in one turn serving {What} on {EndPoint}; every connection of the loop waited. Code that blocks must not run on the loop (UnsafePreferInlineScheduling). Reported once per endpoint; epoll.loop.stalls counts each.")]
+    public static partial void LoopStalled(ILogger logger, int loop, long milliseconds, string what, string endPoint);
+
+    // 100-199: listeners and accept.
     [LoggerMessage(100, LogLevel.Debug, "Listening on {EndPoint} with {Sockets} socket(s), accept distribution {Distribution}.")]
     public static partial void Listening(ILogger logger, string endPoint, int sockets, EpollAcceptDistribution distribution);
 
@@ -53,14 +61,12 @@ internal static partial class EpollLog
     [LoggerMessage(105, LogLevel.Warning, "Could not set up accepted connection on {EndPoint}: {Error}.")]
     public static partial void ConnectionSetupFailed(ILogger logger, string endPoint, string error);
 
+    // 200-299: connections.
     [LoggerMessage(200, LogLevel.Debug, "Connection {ConnectionId} closed: {Reason}.")]
     public static partial void ConnectionClosed(ILogger logger, string connectionId, EpollCloseReason reason);
 
     [LoggerMessage(201, LogLevel.Debug, "Connection {ConnectionId} reset by peer.")]
     public static partial void ConnectionReset(ILogger logger, string connectionId);
-
-    [LoggerMessage(208, LogLevel.Debug, "Connection {ConnectionId} timed out: the peer stopped acknowledging (TCP_USER_TIMEOUT or keepalive).")]
-    public static partial void ConnectionTimedOut(ILogger logger, string connectionId);
 
     [LoggerMessage(202, LogLevel.Warning, "Connection {ConnectionId}: socket error {Error}.")]
     public static partial void ConnectionError(ILogger logger, string connectionId, string error);
@@ -71,15 +77,19 @@ internal static partial class EpollLog
     [LoggerMessage(204, LogLevel.Warning, "Connection {ConnectionId} did not finish sending within {Seconds} s of being disposed; it is aborted.")]
     public static partial void DisposeDrainTimedOut(ILogger logger, string connectionId, int seconds);
 
+    [LoggerMessage(205, LogLevel.Error, "Connection {ConnectionId}: the application's output failed; the connection is aborted.")]
+    public static partial void OutputFailed(ILogger logger, string connectionId, Exception exception);
+
     [LoggerMessage(206, LogLevel.Warning, "Connection {ConnectionId} aborted with {Bytes} bytes of output not sent: {Reason}")]
     public static partial void AbortedWithUnsentOutput(ILogger logger, string connectionId, long bytes, string reason);
 
     [LoggerMessage(207, LogLevel.Error, "Connection {ConnectionId}: a ConnectionClosed callback threw.")]
     public static partial void ConnectionClosedCallbackFailed(ILogger logger, string connectionId, Exception exception);
 
-    [LoggerMessage(205, LogLevel.Error, "Connection {ConnectionId}: the application's output failed; the connection is aborted.")]
-    public static partial void OutputFailed(ILogger logger, string connectionId, Exception exception);
+    [LoggerMessage(208, LogLevel.Debug, "Connection {ConnectionId} timed out: the peer stopped acknowledging (TCP_USER_TIMEOUT or keepalive).")]
+    public static partial void ConnectionTimedOut(ILogger logger, string connectionId);
 
+    // 300-399: sendfile and zero-copy sends.
     [LoggerMessage(300, LogLevel.Debug, "Connection {ConnectionId}: sendfile(2) refused the file ({Error}); it is copied through the pipe instead.")]
     public static partial void SendFileNotSupported(ILogger logger, string connectionId, string error);
 

@@ -30,7 +30,7 @@ internal sealed class EpollTransportFactory : IConnectionListenerFactory, IConne
 
         // Reading Value runs the validator: a bad option fails start-up here, naming the option.
         EpollTransportOptions value = options.Value;
-        _context = new TransportContext(value, new NonThrowingLogger(loggerFactory.CreateLogger("Transport.Epoll")), new EpollMetrics(meterFactory), memoryPoolFactory);
+        _context = new TransportContext(value, new NonThrowingLogger(loggerFactory.CreateLogger(EpollLog.Category)), new EpollMetrics(meterFactory), memoryPoolFactory);
         _table = ConnectionTable.Shared;
     }
 
