@@ -81,6 +81,7 @@ public sealed partial class PackageTests(ITestOutputHelper output)
         {
             string[] names = [.. package.Entries.Select(e => e.FullName)];
             Assert.Contains("README.md", names);
+            Assert.Contains("LICENSE", names);
             Assert.Contains("lib/net10.0/Transport.Epoll.dll", names);
             Assert.Contains("lib/net10.0/Transport.Epoll.xml", names);
 
@@ -100,6 +101,12 @@ public sealed partial class PackageTests(ITestOutputHelper output)
 
             string readme = new StreamReader(package.GetEntry("README.md")!.Open(), Encoding.UTF8).ReadToEnd();
             Assert.Equal(File.ReadAllText(Path.Combine(repository, "README.md")), readme);
+
+            // The file carries the copyright notice the expression's licence asks for, and is the repository's.
+            string license = new StreamReader(package.GetEntry("LICENSE")!.Open(), Encoding.UTF8).ReadToEnd();
+            Assert.Equal(File.ReadAllText(Path.Combine(repository, "LICENSE")), license);
+            Assert.StartsWith("MIT License", license, StringComparison.Ordinal);
+            Assert.Contains("Copyright (c)", license, StringComparison.Ordinal);
         }
 
         using (var symbols = ZipFile.OpenRead(snupkg))
