@@ -40,12 +40,12 @@ import resource
 import shutil
 import socket
 import statistics
-import subprocess
 import sys
 import threading
 import time
 
 import stresslib as sl
+from harness import procfs, procs  # noqa: E402  (stresslib put tools/ on the path)
 
 BIG_FILE = "stress-4mib.bin"
 PIN_ATTACKER = True
@@ -112,13 +112,6 @@ class Probe:
             s.close()
 
 
-def machine_busy() -> int:
-    """Busy CPU ticks of the whole machine so far (all CPUs), from /proc/stat."""
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    return sum(fields) - fields[3] - fields[4]  # minus idle and iowait
-
-
 def pct(values: list[float], p: float) -> float:
     if not values:
         return float("nan")
@@ -149,14 +142,9 @@ def run_attack(cmd: list[str], seconds: int) -> str:
     if PIN_ATTACKER and shutil.which("taskset"):
         cmd = ["taskset", "-c", "1"] + cmd
 
-    def pre():
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(65536, hard), min(65536, hard)))
-
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, preexec_fn=pre)
-        out = proc.stdout + proc.stderr
-    except subprocess.TimeoutExpired as e:
-        out = (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+    code, out, err = procs.run_bounded(cmd, timeout=seconds + 60, nofile=min(65536, hard))
+    out += err
+    if code is None:
         out += "\n(slowhttptest killed after its time limit)"
     return out
 
@@ -197,12 +185,12 @@ def part_attacks(args, results: list[str], failed: list[str]) -> None:
             for mode in ("slowloris", "slow-body", "slow-read"):
                 cmd, _ = slowhttptest(mode, server, args.attack_conns, args.attack_seconds)
                 probe.take()
-                cpu0, busy0, t0 = sl.cpu_ticks(server.pid), machine_busy(), time.monotonic()
+                cpu0, busy0, t0 = procfs.cpu_seconds(server.pid), procfs.machine_busy_seconds(), time.monotonic()
                 out = run_attack(cmd, args.attack_seconds)
                 samples, fails = probe.take()
                 dt = time.monotonic() - t0
-                server_cpu = 100.0 * (sl.cpu_ticks(server.pid) - cpu0) / sl.CLK_TCK / dt
-                machine = 100.0 * (machine_busy() - busy0) / sl.CLK_TCK / dt
+                server_cpu = 100.0 * (procfs.cpu_seconds(server.pid) - cpu0) / dt
+                machine = 100.0 * (procfs.machine_busy_seconds() - busy0) / dt
                 all_ms = [d for _, d, _ in samples]
                 ramp_ms = [d for t, d, _ in samples if t - t0 < ramp]
                 steady_ms = [d for t, d, _ in samples if t - t0 >= ramp]

@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
-"""Shared helpers of the stress scripts: build the sample once into stress/.bin, start and stop it, read /stats and
-/proc, and a small HTTP/1.1 and raw-echo client with hard timeouts. Python 3.9+, standard library only. Loopback only.
+"""What the stress scripts share: the sample built into stress/.bin and started per run (tools/harness does the
+building, the processes, /proc and /stats; this adds each server's expected log errors and the verdict over all of
+them), and a small HTTP/1.1 and raw-echo client with hard timeouts. Python 3.9+, standard library only. Loopback
+only.
 
 Also a command line for the bash scripts:
   python3 stress/stresslib.py build                      # prints the path of WebApp.dll (builds if sources changed)
@@ -15,189 +17,72 @@ Also a command line for the bash scripts:
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
-import http.client
 import json
-import os
 import random
 import re
-import resource
 import shutil
-import signal
 import socket
 import struct
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-BIN = HERE / ".bin"
-SNAPSHOT = BIN / "src"
-APP_DIR = BIN / "WebApp"
-APP_DLL = APP_DIR / "WebApp.dll"
-HOST = "127.0.0.1"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-PAGE = os.sysconf("SC_PAGE_SIZE")
+sys.path.insert(0, str(HERE.parent / "tools"))
+from harness import HOST, REPO, build as harness_build, procs, sample  # noqa: E402
+# Re-exported for the stress scripts (sl.figures, sl.cpu_ticks, ...): one implementation, in tools/harness.
+from harness.logs import KESTREL_BODY_RESET_RACE, LogFailure, LogVerdict, log_failures  # noqa: E402, F401
+from harness.procfs import cpu_percent, fd_diff, proc_figures  # noqa: E402, F401
+from harness.procs import raise_nofile  # noqa: E402, F401
+from harness.sample import figures  # noqa: E402, F401
 
-SNAPSHOT_ROOT_FILES = ["Directory.Build.props", "Directory.Packages.props", "global.json", ".editorconfig",
-                       "NuGet.config", "nuget.config"]
-SNAPSHOT_DIRS = ["src/Transport.Epoll", "samples/WebApp"]
-SKIP_DIRS = {"bin", "obj", "TestResults", ".vs", ".idea"}
+BIN = HERE / ".bin"
+APP_DIR = harness_build.app_dir(BIN)
+APP_DLL = APP_DIR / "WebApp.dll"
 
 
 def log(msg: str) -> None:
     print(msg, flush=True)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Build
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def _sync_snapshot() -> bool:
-    """Copies the library's and the sample's sources into .bin/src (others may be editing the working tree while a
-    script runs: the build works on this copy). Returns True when something changed."""
-    changed = False
-    wanted = set()
-    sources = [REPO / f for f in SNAPSHOT_ROOT_FILES if (REPO / f).is_file()]
-    for d in SNAPSHOT_DIRS:
-        for root, dirs, files in os.walk(REPO / d):
-            dirs[:] = sorted(x for x in dirs if x not in SKIP_DIRS)
-            sources.extend(Path(root) / f for f in sorted(files))
-    for src in sources:
-        rel = src.relative_to(REPO)
-        dst = SNAPSHOT / rel
-        wanted.add(rel)
-        data = src.read_bytes()
-        if not dst.is_file() or dst.read_bytes() != data:
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst)
-            changed = True
-    for root, dirs, files in os.walk(SNAPSHOT):
-        dirs[:] = [x for x in dirs if x not in SKIP_DIRS]
-        for f in files:
-            path = Path(root) / f
-            if path.relative_to(SNAPSHOT) not in wanted:
-                path.unlink()
-                changed = True
-    return changed
-
-
 def build() -> Path:
-    """Builds samples/WebApp (Release) into stress/.bin/WebApp, from a snapshot of the sources; skips the build when
-    nothing changed since the last one. A lock keeps two scripts from building at once."""
-    BIN.mkdir(parents=True, exist_ok=True)
-    with open(BIN / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        changed = _sync_snapshot()
-        if not changed and APP_DLL.is_file():
-            return APP_DLL
-        t0 = time.monotonic()
-        cmd = ["dotnet", "publish", str(SNAPSHOT / "samples/WebApp/WebApp.csproj"), "-c", "Release", "-o",
-               str(APP_DIR), "-nologo", "-v", "q", "-p:UseAppHost=false"]
-        env = dict(os.environ, DOTNET_CLI_TELEMETRY_OPTOUT="1", DOTNET_NOLOGO="1")
-        proc = subprocess.run(cmd, cwd=str(SNAPSHOT), env=env, capture_output=True, text=True, timeout=600)
-        if proc.returncode != 0:
-            sys.stderr.write(proc.stdout[-6000:] + proc.stderr[-4000:])
-            # Force a rebuild next time.
-            with contextlib.suppress(FileNotFoundError):
-                APP_DLL.unlink()
-            raise SystemExit("stress: dotnet publish of samples/WebApp failed (output above)")
-        log(f"build: samples/WebApp -> {APP_DIR.relative_to(REPO)} in {time.monotonic() - t0:.1f} s")
-        return APP_DLL
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Limits
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def raise_nofile(n: int) -> int:
-    """Raises this process's RLIMIT_NOFILE to n (root may raise the hard limit too). Returns the soft limit now."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = max(soft, n)
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(hard, want)))
-    except (ValueError, OSError):
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    """Builds samples/WebApp (Release) into stress/.bin/WebApp from a snapshot of the sources (skipped when nothing
+    changed since the last build); returns the path of WebApp.dll (`dotnet WebApp.dll` runs it, as does the app host
+    WebApp next to it)."""
+    harness_build.publish_sample(BIN, log, who="stress")
+    return APP_DLL
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # The server
 # ----------------------------------------------------------------------------------------------------------------
 
-_log_verdicts: list[tuple[str, "LogVerdict"]] = []
-_STARTED = re.compile(r"WebApp: transport=(\S+) http=http://[^ ]*:(\d+) echo=tcp://\S*:(\d+)")
-_servers: list["Server"] = []
+_log_verdicts: list = []
+_servers: list = []
 
 
-class Server:
-    """The sample, started on ports picked by the kernel (port 0), its output in a log file. stop() kills it; an
-    atexit-like hook (install_signal_handlers) kills every server still running when the script ends."""
+class Server(sample.SampleServer):
+    """The sample, started on ports picked by the kernel (port 0), its output in a log file, ready once it printed
+    its start-up line. stop() and kill() end it and keep the verdict on its log for log_bar();
+    install_signal_handlers() kills every server still running when the script ends."""
 
     def __init__(self, transport: str = "epoll", env: dict | None = None, args: list | None = None,
                  nofile: int | None = None, cpu: int | None = None, name: str = "server", log_dir: Path | None = None,
                  start_timeout: float = 60.0):
-        self.transport = transport
-        self.name = name
-        self.expected_log_failures: list[tuple] = []
+        self.expected_log_failures: list = []
         self.verdict: LogVerdict | None = None
-        self.log_path = (log_dir or BIN / "logs") / f"{name}.log"
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        cmd = ["dotnet", str(APP_DLL), "--urls", f"http://{HOST}:0", "--EchoPort", "0", "--Transport", transport]
-        cmd += list(args or [])
-        if cpu is not None and shutil.which("taskset"):
-            cmd = ["taskset", "-c", str(cpu)] + cmd
-        full_env = dict(os.environ, DOTNET_CLI_TELEMETRY_OPTOUT="1", DOTNET_NOLOGO="1")
-        full_env.pop("TRANSPORT_EPOLL_FAULTS", None)
-        full_env.update(env or {})
-
-        if nofile is not None:
-            # Without CAP_SYS_RESOURCE (containers) the hard limit cannot be raised: use at most the current one.
-            nofile = min(nofile, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
-        self.nofile = nofile
-
-        def pre():
-            os.setsid()
-            if nofile is not None:
-                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env=full_env, preexec_fn=pre)
+        super().__init__(APP_DIR, ["--Transport", transport] + list(args or []), env=env,
+                         cpu=cpu if cpu is not None and shutil.which("taskset") else None, nofile=nofile,
+                         log_path=(log_dir or BIN / "logs") / f"{name}.log", echo_port=0, name=name)
         _servers.append(self)
-        self.pid = self.proc.pid
-        deadline = time.monotonic() + start_timeout
-        while True:
-            text = self.log_text()
-            m = _STARTED.search(text)
-            if m:
-                self.http_port = int(m.group(2))
-                self.echo_port = int(m.group(3))
-                break
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode} before it started:\n{text[-3000:]}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"server did not start within {start_timeout} s:\n{text[-3000:]}")
-            time.sleep(0.05)
-        self.url = f"http://{HOST}:{self.http_port}"
-
-    def log_text(self) -> str:
         try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
+            # The start-up line only, no probe request: fault-injected runs count every syscall from the first.
+            self.wait_ready(start_timeout, probe=False)
+        except BaseException:
+            self.kill()
+            raise
 
     def expect(self, pattern, why: str) -> None:
         """Declares errors this run provokes on purpose (see LogVerdict); every other fail:/crit: entry fails the script."""
@@ -206,140 +91,30 @@ class Server:
     def log_verdict(self) -> LogVerdict:
         return LogVerdict(self.log_text(), self.expected_log_failures)
 
-    def _record_log_verdict(self) -> None:
+    def _finished(self) -> None:
         if self.verdict is None:
             self.verdict = self.log_verdict()
             _log_verdicts.append((self.name, self.verdict))
+        if self in _servers:
+            _servers.remove(self)
 
     def stop(self, timeout: float = 10.0) -> int | None:
         """SIGTERM, then SIGKILL after timeout. Returns the exit code."""
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        self._log.close()
-        self._record_log_verdict()
-        if self in _servers:
-            _servers.remove(self)
-        return self.proc.returncode
+        code = super().stop(grace=timeout)
+        self._finished()
+        return code
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-        self._log.close()
-        self._record_log_verdict()
-        if self in _servers:
-            _servers.remove(self)
-
-    # --- figures ---
-    def stats(self, timeout: float = 10.0) -> dict:
-        return get_json(self.url + "/stats", timeout)
+        super().kill()
+        self._finished()
 
     def proc_figures(self) -> dict:
         return proc_figures(self.pid)
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The server's log: errors and crashes
+# The servers' logs, all together
 # ----------------------------------------------------------------------------------------------------------------
-
-# The console logger's header of an entry ("fail: Category[EventId]", its message on the indented lines after it), and
-# what the runtime prints when the process dies (an unhandled exception, Environment.FailFast).
-_FAILURE_HEADER = re.compile(r"^(?:(?P<level>fail|crit): (?P<category>\S+?)\[(?P<event>\d+)\]|(?P<crash>Unhandled exception\.|Process terminated\.).*)$")
-
-
-class LogFailure:
-    """One fail:/crit: entry of the server's log, or the runtime's own report of a crash."""
-    __slots__ = ("level", "category", "event_id", "text")
-
-    def __init__(self, level: str, category: str, event_id: int, text: str):
-        self.level, self.category, self.event_id, self.text = level, category, event_id, text
-
-    @property
-    def summary(self) -> str:
-        """The header and the first line of the message: what the report prints."""
-        return " ".join(line.strip() for line in self.text.splitlines()[:2])[:300]
-
-    def matches(self, pattern: str) -> bool:
-        return re.search(pattern, self.text, re.S) is not None
-
-    @property
-    def connection_id(self) -> str | None:
-        """Kestrel's connection id the entry names, if any."""
-        m = re.search(r'Connection id "([^"]+)"', self.text)
-        return m.group(1) if m else None
-
-
-def log_failures(text: str) -> list[LogFailure]:
-    """Every fail:/crit: entry (with its indented message and exception lines) and every crash report in a log."""
-    out: list[LogFailure] = []
-    lines = text.splitlines()
-    i = 0
-    while i < len(lines):
-        m = _FAILURE_HEADER.match(lines[i])
-        if not m:
-            i += 1
-            continue
-        j = i + 1
-        while j < len(lines) and (lines[j].startswith(" ") or lines[j].startswith("\t") or (m.group("crash") and lines[j])):
-            j += 1
-        block = "\n".join(lines[i:j])
-        if m.group("crash"):
-            out.append(LogFailure("crash", "runtime", 0, block))
-        else:
-            out.append(LogFailure(m.group("level"), m.group("category"), int(m.group("event")), block))
-        i = j
-    return out
-
-
-class LogVerdict:
-    """The server log's errors split into those an expectation explains (what the run provoked on purpose, each with
-    its reason) and those nothing explains (which fail the run). An expectation is (regex over the entry, why) or
-    (callable(entry, the whole log text) -> bool, why), for an entry that another line of the log explains."""
-
-    def __init__(self, text: str, expected: list[tuple] | None = None):
-        self.explained: dict[str, int] = {}
-        self.unexplained: list[LogFailure] = []
-        failures = log_failures(text)
-        self.total = len(failures)
-
-        def matches(failure: LogFailure, pattern) -> bool:
-            return pattern(failure, text) if callable(pattern) else failure.matches(pattern)
-
-        for failure in failures:
-            why = next((why for pattern, why in expected or [] if matches(failure, pattern)), None)
-            if why is None:
-                self.unexplained.append(failure)
-            else:
-                self.explained[why] = self.explained.get(why, 0) + 1
-
-    @property
-    def ok(self) -> bool:
-        return not self.unexplained
-
-    def describe(self, limit: int = 3) -> str:
-        """One line: the counts, then the first unexplained entries."""
-        parts = [f"{self.total} fail/crit entries, {len(self.unexplained)} unexplained"]
-        parts += [f"{n} x {why}" for why, n in self.explained.items()]
-        text = "; ".join(parts)
-        for failure in self.unexplained[:limit]:
-            text += f"\n      unexplained: {failure.summary}"
-        return text
-
-
-# Kestrel's own race, on the Sockets transport too: a client that resets in the middle of a request body can leave the
-# body reader's positions stale, and the endpoint's next AdvanceTo throws (about 1 in 500 such resets).
-KESTREL_BODY_RESET_RACE = (
-    r"^fail: Microsoft\.AspNetCore\.Server\.Kestrel\[13\].*\n\s+System\.ArgumentOutOfRangeException: .*"
-    r"(MessageBody\.TrackConsumedAndExaminedBytes|Http1ContentLengthMessageBody\.AdvanceTo)",
-    "Kestrel's race when a client resets mid-body (Sockets too)")
 
 
 def log_bar(exit_code: int) -> int:
@@ -366,106 +141,16 @@ def log_bar(exit_code: int) -> int:
 
 def kill_all_servers() -> None:
     for s in list(_servers):
-        with contextlib.suppress(Exception):
+        try:
             s.kill()
+        except Exception:  # noqa: BLE001 (at exit: the others must still be killed)
+            pass
+    procs.kill_all()
 
 
 def install_signal_handlers() -> None:
-    """Kills the servers this script started when it is interrupted (Ctrl-C, SIGTERM) or ends."""
-    import atexit
-    atexit.register(kill_all_servers)
-
-    def on_signal(signum, frame):
-        kill_all_servers()
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGHUP, on_signal)
-
-
-def proc_figures(pid: int) -> dict:
-    """RSS (bytes), open fds, threads and CPU ticks (utime+stime) of a process, from /proc."""
-    out = {"rss": 0, "fds": 0, "threads": 0, "cpu_ticks": 0}
-    with contextlib.suppress(OSError):
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    out["rss"] = int(line.split()[1]) * 1024
-                elif line.startswith("Threads:"):
-                    out["threads"] = int(line.split()[1])
-        out["fds"] = len(os.listdir(f"/proc/{pid}/fd"))
-        out["cpu_ticks"] = cpu_ticks(pid)
-    return out
-
-
-def fd_targets(pid: int) -> dict:
-    """What the process's fds point at, counted: {"socket": 5, "/usr/share/dotnet/.../System.Linq.dll": 2, ...}."""
-    out: dict = {}
-    with contextlib.suppress(OSError):
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            with contextlib.suppress(OSError):
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-                target = re.sub(r"^(socket|pipe|anon_inode:\[?[a-z_]+\]?).*", r"\1", target)
-                out[target] = out.get(target, 0) + 1
-    return out
-
-
-def fd_diff(before: dict, after: dict) -> str:
-    keys = sorted(set(before) | set(after))
-    parts = [f"{k}: {before.get(k, 0)}->{after.get(k, 0)}" for k in keys if before.get(k, 0) != after.get(k, 0)]
-    return ", ".join(parts) or "no difference"
-
-
-def cpu_ticks(pid: int) -> int:
-    with open(f"/proc/{pid}/stat") as f:
-        data = f.read()
-    fields = data[data.rindex(")") + 2:].split()
-    return int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat(5))
-
-
-def cpu_percent(pid: int, seconds: float) -> float:
-    """Share of one core the process used over the next `seconds`."""
-    t0, c0 = time.monotonic(), cpu_ticks(pid)
-    time.sleep(seconds)
-    t1, c1 = time.monotonic(), cpu_ticks(pid)
-    return 100.0 * (c1 - c0) / CLK_TCK / (t1 - t0)
-
-
-def get_json(url: str, timeout: float = 10.0) -> dict:
-    m = re.match(r"http://([^:/]+):(\d+)(/.*)", url)
-    conn = http.client.HTTPConnection(m.group(1), int(m.group(2)), timeout=timeout)
-    try:
-        conn.request("GET", m.group(3))
-        resp = conn.getresponse()
-        body = resp.read()
-        if resp.status != 200:
-            raise RuntimeError(f"GET {url}: {resp.status}")
-        return json.loads(body)
-    finally:
-        conn.close()
-
-
-def figures(pid: int, url: str) -> dict:
-    """The figures the soak and flood checks compare: /proc and /stats together."""
-    p = proc_figures(pid)
-    s = get_json(url + "/stats")
-    c = s.get("counters", {})
-    targets = fd_targets(pid)
-    return {
-        "fd_targets": targets,
-        # Sockets, pipes, epoll/eventfd: what a connection leak would show. The rest are files the runtime opens
-        # once, lazily (an assembly or a .pdb the first time an exception's stack trace is printed).
-        "io_fds": sum(n for t, n in targets.items() if not t.startswith("/")),
-        "rss_mb": round(p["rss"] / 2**20, 1),
-        "fds": p["fds"],
-        "threads": p["threads"],
-        "epoll_threads": len(s["process"]["epollThreads"]),
-        "table": c.get("epoll.connections.table"),
-        "active": c.get("epoll.connections.active"),
-        "accepted": c.get("epoll.connections.accepted"),
-        "gc_heap_mb": round(s["process"]["gcHeapBytes"] / 2**20, 1),
-    }
+    """Kills the servers this script started when it is interrupted (Ctrl-C, SIGTERM, SIGHUP) or ends."""
+    procs.exit_on_signals(kill_all_servers)
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.2):

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import datetime
-import fcntl
 import hashlib
 import http.client
 import json
@@ -36,7 +35,6 @@ import re
 import resource
 import shlex
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -48,10 +46,12 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-import run  # noqa: E402  (run.py next to this file: build, processes, /proc accounting, machine info)
+import variants as variants_mod  # noqa: E402  (run.py's variants and servers, next to this file)
+from report import by_cell, median_or_none as med  # noqa: E402
+from variants import APP_DIR, BIN, Variant  # noqa: E402
 
-REPO = run.REPO
-HOST = run.HOST
+sys.path.insert(0, str(HERE.parent.parent / "tools"))
+from harness import HOST, REPO, build, cli, noise, procfs, procs, sample  # noqa: E402
 MIB = 1 << 20
 GIB = 1 << 30
 BIG = "big.bin"
@@ -210,20 +210,7 @@ out:
     return err[0] ? 1 : 0;
 }
 """
-FILEGET = run.BIN / "fileget"
-
-
-def build_fileget(log) -> None:
-    """Compiles the raw file-port client into .bin/ (again only when this script changed)."""
-    src = run.BIN / "fileget.c"
-    if FILEGET.is_file() and src.is_file() and src.read_text() == FILEGET_C and \
-            FILEGET.stat().st_mtime >= src.stat().st_mtime:
-        return
-    src.write_text(FILEGET_C)
-    code, out, err = run.run_bounded(["gcc", "-O2", "-Wall", "-o", str(FILEGET), str(src)], timeout=120)
-    if code != 0:
-        raise SystemExit(f"download.py: gcc failed on fileget.c:\n{out}{err}")
-    log("build: fileget (the raw file-port client) compiled")
+FILEGET = BIN / "fileget"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -247,11 +234,11 @@ LOADS = [
 LOADS_BY_NAME = {l.name: l for l in LOADS}
 
 BUILTIN_VARIANTS = [
-    run.Variant("sockets", "dotnet", ["--Transport", "sockets"],
+    Variant("sockets", "dotnet", ["--Transport", "sockets"],
                 description="Kestrel's Sockets transport: the file is copied through the response pipe"),
-    run.Variant("epoll", "dotnet", ["--Transport", "epoll"],
+    Variant("epoll", "dotnet", ["--Transport", "epoll"],
                 description="epoll transport, the sample as shipped (UseEpollSendFile: sendfile(2))"),
-    run.Variant("epoll-copy", "dotnet", ["--Transport", "epoll", f"{SENDFILE_KEY}=false"],
+    Variant("epoll-copy", "dotnet", ["--Transport", "epoll", f"{SENDFILE_KEY}=false"],
                 description="epoll transport with EnableSendFile=false: the copy fallback through the pipe"),
 ]
 
@@ -279,13 +266,13 @@ def make_files(folder: Path, size: int) -> dict:
 
 def warm_page_cache(path: Path) -> None:
     """cat file > /dev/null: every page of the file in the page cache before anything is measured."""
-    proc = run.spawn(["cat", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    proc = procs.spawn(["cat", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     try:
         _, err = proc.communicate(timeout=60)
     except subprocess.TimeoutExpired:
-        run.kill_group(proc)
+        procs.kill_group(proc)
         raise SystemExit(f"download.py: cat {path} took more than 60 s")
-    run.kill_group(proc)
+    procs.kill_group(proc)
     if proc.returncode != 0:
         raise SystemExit(f"download.py: cat {path} failed: {(err or b'').decode(errors='replace')}")
 
@@ -300,7 +287,7 @@ class PageCacheLock:
         self.addr = None
         self.size = size
         self.error = ""
-        libc = run._libc
+        libc = procs.libc()
         libc.mmap.restype = ctypes.c_void_p
         libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
                               ctypes.c_long]
@@ -332,35 +319,8 @@ class PageCacheLock:
 
     def release(self):
         if self.addr is not None:
-            run._libc.munmap(ctypes.c_void_p(self.addr), self.size)
+            procs.libc().munmap(ctypes.c_void_p(self.addr), self.size)
             self.addr = None
-
-
-def disk_read_kib() -> int:
-    """KiB the whole machine read from block devices so far (/proc/vmstat pgpgin): the file should come from the
-    page cache, but this VM's memory manager may page cold file pages out (DAMON), and then a download reads the
-    disk. A window with disk reads is treated like a noisy one."""
-    try:
-        with open("/proc/vmstat") as f:
-            for line in f:
-                if line.startswith("pgpgin "):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def stats(port: int) -> dict:
-    """The transport's counters from the sample's GET /stats ({} on Sockets, or when it does not answer)."""
-    try:
-        conn = http.client.HTTPConnection(HOST, port, timeout=5)
-        conn.request("GET", "/stats")
-        response = conn.getresponse()
-        body = response.read()
-        conn.close()
-        return json.loads(body).get("counters", {}) if response.status == 200 else {}
-    except (OSError, http.client.HTTPException, ValueError):
-        return {}
 
 
 STAT_KEYS = ["epoll.sendfile.bytes", "epoll.sendfile.fallback_bytes", "epoll.sendfile.calls",
@@ -372,26 +332,6 @@ def stats_delta(before: dict, after: dict) -> dict | None:
     if not before or not after:
         return None
     return {k: after.get(k, 0) - before.get(k, 0) for k in STAT_KEYS if k in after}
-
-
-def run_many(cmds: list, timeout: float) -> list:
-    """Starts every command at once, waits for all (killing what is left at the deadline); [(code, out, err)]."""
-    procs = [run.spawn(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
-             for c in cmds]
-    deadline = time.monotonic() + timeout
-    results = []
-    for proc in procs:
-        try:
-            out, err = proc.communicate(timeout=max(0.1, deadline - time.monotonic()))
-            code = proc.returncode
-        except subprocess.TimeoutExpired:
-            run.kill_group(proc)
-            out, err = proc.communicate()
-            code = None
-        if proc in run._children:
-            run._children.remove(proc)
-        results.append((code, out or "", err or ""))
-    return results
 
 
 def curl_command(port: int, count: int, client_cpu: int, name: str = BIG) -> list:
@@ -455,9 +395,9 @@ def download(load: Load, server, count: int, args, expect: int) -> tuple:
     if load.raw:
         cmds = [raw_command(server.file_port, count, args.client_cpu)]
     else:
-        cmds = [curl_command(server.port, count, args.client_cpu) for _ in range(load.clients)]
+        cmds = [curl_command(server.http_port, count, args.client_cpu) for _ in range(load.clients)]
     timeout = 30 + count * max(2.0, expect / (50 * MIB))  # at least 50 MiB/s per client, or it is broken
-    results = run_many(cmds, timeout)
+    results = procs.run_many(cmds, timeout)
     parse = parse_raw if load.raw else parse_curl
     merged = {"downloads": 0, "bytes": 0, "errors": [], "times": []}
     for code, out, err in results:
@@ -485,7 +425,7 @@ class Bench:
         self.log = log
         self.started = started
         self.workdir = folder
-        self.logdir = run.BIN / "logs-download"
+        self.logdir = BIN / "logs-download"
         shutil.rmtree(self.logdir, ignore_errors=True)
         self.logdir.mkdir(parents=True)
         self.servers = {}
@@ -502,25 +442,22 @@ class Bench:
 
     # ---- servers ----
 
-    def start(self, variant) -> run.Server | None:
-        file_port = run.free_port()
-        v = run.Variant(variant.name, variant.kind,
-                        list(variant.args) + ["--Files", str(self.folder), "--FilePort", str(file_port)],
-                        dict(variant.env), variant.description)
-        server = run.Server(v, False, self.args.server_cpu, self.workdir, self.logdir, "download", self.log)
-        server.file_port = file_port
+    def start(self, variant) -> sample.SampleServer | None:
+        server = variants_mod.create(variant, False, self.args.server_cpu, self.workdir,
+                                     self.logdir / f"download-{variant.name}-{len(self.sessions) + 1}.log",
+                                     extra_args=["--Files", str(self.folder), "--FilePort", "0"])
         info = {"variant": variant.name, "command": " ".join(shlex.quote(c) for c in server.cmd),
                 "log": str(server.log_path.relative_to(REPO))}
         self.sessions.append(info)
         try:
             server.wait_ready(self.args.ready_timeout)
-        except run.ServerFailure as e:
+        except sample.ServerFailure as e:
             server.stop()
             self.event(f"{variant.name}: the server did not start: {e}")
             return None
         info["ready_s"] = round(server.ready_s, 3)
-        self.log(f"{variant.name}: ready in {server.ready_s:.2f} s, pid {server.pid}, http {server.port}, "
-                 f"file port {file_port}")
+        self.log(f"{variant.name}: ready in {server.ready_s:.2f} s, pid {server.pid}, http {server.http_port}, "
+                 f"file port {server.file_port}")
         self.verify(variant, server)
         return server
 
@@ -531,7 +468,7 @@ class Bench:
         big = self.files[BIG]
         check = {"variant": variant.name, "problems": []}
         try:
-            conn = http.client.HTTPConnection(HOST, server.port, timeout=10)
+            conn = http.client.HTTPConnection(HOST, server.http_port, timeout=10)
             conn.request("GET", f"/files/{SMALL}")
             response = conn.getresponse()
             body = response.read()
@@ -541,15 +478,15 @@ class Bench:
                                          f"{'same' if body == small['data'] else 'different'} content")
         except (OSError, http.client.HTTPException) as e:
             check["problems"].append(f"HTTP {SMALL}: {type(e).__name__}: {e}")
-        code, out, err = run.run_bounded(raw_command(server.file_port, 1, self.args.client_cpu, SMALL, sha=True),
+        code, out, err = procs.run_bounded(raw_command(server.file_port, 1, self.args.client_cpu, SMALL, sha=True),
                                          timeout=30)
         r = parse_raw(out, err, code, small["bytes"], 1)
         if r["errors"] or r.get("sha256") != small["sha256"]:
             check["problems"].append(f"file port {SMALL}: {'; '.join(r['errors']) or 'wrong SHA-256'}")
         # HTTP: curl to stdout, hashed here.
         t0 = time.monotonic()
-        proc = run.spawn(["taskset", "-c", str(self.args.client_cpu), "curl", "-s", "--max-time", "60", "-f",
-                          f"http://{HOST}:{server.port}/files/{BIG}"],
+        proc = procs.spawn(["taskset", "-c", str(self.args.client_cpu), "curl", "-s", "--max-time", "60", "-f",
+                          f"http://{HOST}:{server.http_port}/files/{BIG}"],
                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
         sha, n = hashlib.sha256(), 0
         try:
@@ -562,13 +499,13 @@ class Bench:
                 if time.monotonic() - t0 > 90:
                     break
         finally:
-            run.kill_group(proc)
+            procs.kill_group(proc)
         check["http_sha256"] = sha.hexdigest()
         check["http_bytes"] = n
         if n != big["bytes"] or check["http_sha256"] != big["sha256"]:
             check["problems"].append(f"HTTP {BIG}: {n} of {big['bytes']} bytes, SHA-256 "
                                      f"{'matches' if check['http_sha256'] == big['sha256'] else 'differs'}")
-        code, out, err = run.run_bounded(raw_command(server.file_port, 1, self.args.client_cpu, BIG, sha=True),
+        code, out, err = procs.run_bounded(raw_command(server.file_port, 1, self.args.client_cpu, BIG, sha=True),
                                          timeout=90)
         r = parse_raw(out, err, code, big["bytes"], 1)
         check["raw_sha256"] = r.get("sha256")
@@ -583,7 +520,7 @@ class Bench:
 
     def server(self, variant):
         s = self.servers.get(variant.name)
-        if s is not None and s.alive() and run.http_ok(s.port, timeout=3.0):
+        if s is not None and s.alive() and sample.http_ok(s.http_port, timeout=3.0):
             return s
         if s is not None:
             self.event(f"{variant.name}: the server {'exited' if not s.alive() else 'stopped answering'}; "
@@ -625,16 +562,16 @@ class Bench:
         return not self.out_of_time(remaining * slowdown * 1.1 + self.args.window + 2)
 
     def measure(self, load: Load, variant, server, count: int, rnd: int, attempt: int) -> dict:
-        before = stats(server.port) if variant.transport == "epoll" else {}
-        disk0 = disk_read_kib()
+        before = sample.stats_counters(server.http_port) if variant.transport == "epoll" else {}
+        disk0 = procfs.disk_read_kib()
         others = {name: o for name, o in self.servers.items() if o is not server and o.alive()}
-        others0 = {name: run.proc_cpu_seconds(o.pid) for name, o in others.items()}
-        w = run.Window(server.pid, self.siblings(server))
+        others0 = {name: procfs.cpu_seconds(o.pid) for name, o in others.items()}
+        w = noise.Window(server.pid, self.siblings(server))
         r, cmds = download(load, server, count, self.args, self.size)
         cpu = w.close()
-        disk_mib = (disk_read_kib() - disk0) / 1024
-        idle_servers = {name: round(run.proc_cpu_seconds(o.pid) - others0[name], 3) for name, o in others.items()}
-        after = stats(server.port) if variant.transport == "epoll" else {}
+        disk_mib = (procfs.disk_read_kib() - disk0) / 1024
+        idle_servers = {name: round(procfs.cpu_seconds(o.pid) - others0[name], 3) for name, o in others.items()}
+        after = sample.stats_counters(server.http_port) if variant.transport == "epoll" else {}
         s = {"load": load.name, "variant": variant.name, "round": rnd, "attempt": attempt,
              "downloads_per_client": count, "clients": load.clients, **cpu,
              "downloads": r["downloads"], "bytes": r["bytes"], "disk_read_mib": round(disk_mib, 1),
@@ -667,26 +604,12 @@ class Bench:
             why.append(f"{s['disk_read_mib']:.0f} MiB read from disk (file pages evicted?)")
         return ", ".join(why)
 
-    def wait_quiet(self, server, limit: float) -> float:
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < limit:
-            w = run.Window(server.pid, self.siblings(server))
-            time.sleep(0.3)
-            if w.close()["others_core_share"] <= self.args.noise_threshold:
-                break
-        return time.monotonic() - t0
-
     def settle(self, server, limit: float = 2.5) -> float:
         """After a sample: waits until the measured server has been idle for two 0.2 s slices in a row, at most limit
         seconds, so that what it still does after the load (.NET's tiered JIT compiles in the background, in bursts)
         does not land in the next variant's window."""
-        t0 = time.monotonic()
-        quiet = 0
-        while time.monotonic() - t0 < limit and server.alive() and quiet < 2:
-            c0 = run.proc_cpu_seconds(server.pid)
-            time.sleep(0.2)
-            quiet = quiet + 1 if (run.proc_cpu_seconds(server.pid) - c0) / 0.2 <= self.args.noise_threshold else 0
-        return time.monotonic() - t0
+        return noise.settle(server.pid, self.args.noise_threshold, limit, slice_s=0.2, quiet_slices=2,
+                            alive=server.alive)
 
     def sample(self, load: Load, variant, rnd: int, remaining: float):
         server = self.server(variant)
@@ -716,7 +639,8 @@ class Bench:
                 s.update(dropped=True, drop_reason=reason)
                 self.samples.append(s)
                 self.log_sample(s, note=f"dropped ({reason}); again")
-                waited = self.wait_quiet(server, 3.0 if not self.args.quick else 0.6)
+                waited = noise.wait_quiet(server.pid, self.siblings(server), self.args.noise_threshold,
+                                          3.0 if not self.args.quick else 0.6)
                 warm_page_cache(self.folder / BIG)
                 s = self.measure(load, variant, server, count, rnd, 2)
                 s["waited_for_quiet_s"] = round(waited, 2)
@@ -754,7 +678,7 @@ class Bench:
                  + (f"  [{'; '.join(flags)}]" if flags else ""))
 
     def save_partial(self):
-        tmp = run.BIN / "sendfile.json.tmp"
+        tmp = BIN / "sendfile.json.tmp"
         tmp.write_text(json.dumps({"partial": True, "samples": self.samples, "events": self.events}, indent=1,
                                   default=str))
 
@@ -795,42 +719,35 @@ class Bench:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-med = run.median_or_none
-
-
 def summarize(samples, loads, variants) -> dict:
     cells = {}
-    for load in loads:
-        for v in variants:
-            mine = [s for s in samples if s["load"] == load.name and s["variant"] == v.name]
-            if not mine:
-                continue
-            kept = [s for s in mine if not s.get("dropped") and s.get("mib_s") and not s.get("errors")]
-            clean = [s for s in kept if not s.get("noisy")]
-            use = clean or kept
-            rates = [s["mib_s"] for s in use]
-            costs = [s["server_s_per_gib"] for s in use]
-            sent = sum(s["bytes"] for s in use if s.get("transport_stats"))
-            sendfile = sum((s["transport_stats"] or {}).get("epoll.sendfile.bytes", 0) for s in use
-                           if s.get("transport_stats"))
-            fallback = sum((s["transport_stats"] or {}).get("epoll.sendfile.fallback_bytes", 0) for s in use
-                           if s.get("transport_stats"))
-            cells[(load.name, v.name)] = {
-                "mib_s": med(rates), "mib_s_min": min(rates, default=None), "mib_s_max": max(rates, default=None),
-                "server_s_per_gib": med(costs), "server_s_per_gib_min": min(costs, default=None),
-                "server_s_per_gib_max": max(costs, default=None),
-                "client_s_per_gib": med(s.get("client_s_per_gib") for s in use),
-                "server_share": med(s.get("server_core_share") for s in use),
-                "client_share": med(s.get("loadgen_core_share") for s in use),
-                "others_share": med(s.get("others_core_share") for s in use),
-                "download_s": med((s.get("download_s") or {}).get("median") for s in use),
-                "n": len(use), "only_noisy": not clean and bool(kept),
-                "dropped": sum(1 for s in mine if s.get("dropped")),
-                "failed": sum(1 for s in mine if not s.get("dropped") and s.get("errors")),
-                "errors": sorted({e for s in mine for e in (s.get("errors") or [])})[:5],
-                "sendfile_share": sendfile / sent if sent else None,
-                "fallback_share": fallback / sent if sent else None,
-            }
+    for load, v, mine in by_cell(samples, loads, variants):
+        kept = [s for s in mine if not s.get("dropped") and s.get("mib_s") and not s.get("errors")]
+        clean = [s for s in kept if not s.get("noisy")]
+        use = clean or kept
+        rates = [s["mib_s"] for s in use]
+        costs = [s["server_s_per_gib"] for s in use]
+        sent = sum(s["bytes"] for s in use if s.get("transport_stats"))
+        sendfile = sum((s["transport_stats"] or {}).get("epoll.sendfile.bytes", 0) for s in use
+                       if s.get("transport_stats"))
+        fallback = sum((s["transport_stats"] or {}).get("epoll.sendfile.fallback_bytes", 0) for s in use
+                       if s.get("transport_stats"))
+        cells[(load.name, v.name)] = {
+            "mib_s": med(rates), "mib_s_min": min(rates, default=None), "mib_s_max": max(rates, default=None),
+            "server_s_per_gib": med(costs), "server_s_per_gib_min": min(costs, default=None),
+            "server_s_per_gib_max": max(costs, default=None),
+            "client_s_per_gib": med(s.get("client_s_per_gib") for s in use),
+            "server_share": med(s.get("server_core_share") for s in use),
+            "client_share": med(s.get("loadgen_core_share") for s in use),
+            "others_share": med(s.get("others_core_share") for s in use),
+            "download_s": med((s.get("download_s") or {}).get("median") for s in use),
+            "n": len(use), "only_noisy": not clean and bool(kept),
+            "dropped": sum(1 for s in mine if s.get("dropped")),
+            "failed": sum(1 for s in mine if not s.get("dropped") and s.get("errors")),
+            "errors": sorted({e for s in mine for e in (s.get("errors") or [])})[:5],
+            "sendfile_share": sendfile / sent if sent else None,
+            "fallback_share": fallback / sent if sent else None,
+        }
     return cells
 
 
@@ -937,7 +854,7 @@ def markdown(meta, loads, variants, cells) -> str:
                    "every measured download had the file's size.")
         out.append("")
     out.append("Variants: " + "; ".join(f"**{v.name}**: {v.description} (`{' '.join(v.args)}`)" for v in variants)
-               + f". Every server also gets `--Files <temp folder> --FilePort <free port> --EchoPort -1`. "
+               + f". Every server also gets `--Files <temp folder> --FilePort 0 --EchoPort -1`. "
                  f"The sample's `Kestrel:Transport:Epoll` settings: `"
                + json.dumps(meta["sample_epoll_settings"], separators=(", ", ": ")) + "`.")
     out.append("")
@@ -968,11 +885,7 @@ def parse_args(argv):
     p.add_argument("--budget", type=float,
                    help="seconds for the whole run (default 240; 60 with --quick): noisy samples are measured again "
                         "only while the plan fits, samples are skipped past it; 0: no limit")
-    p.add_argument("--noise-threshold", type=float, default=0.10,
-                   help="drop a sample when other processes used more than this share of one core (default 0.10)")
-    p.add_argument("--server-cpu", type=int, default=0)
-    p.add_argument("--client-cpu", type=int, default=1)
-    p.add_argument("--ready-timeout", type=float, default=30.0)
+    noise.add_arguments(p)
     p.add_argument("--no-build", action="store_true", help="use the sample already in .bin/WebApp")
     p.add_argument("--no-mlock", action="store_true",
                    help="do not lock the big file's pages in the page cache (mmap + mlock in this process)")
@@ -998,60 +911,27 @@ def main(argv=None) -> int:
 
     started = time.monotonic()
     args = parse_args(argv)
-    command = "python3 benchmarks/load/download.py" + ("" if not argv else " " + " ".join(shlex.quote(a)
-                                                                                          for a in argv))
+    command = cli.command_line("benchmarks/load/download.py", argv)
 
-    def log(text: str):
-        print(f"[{time.monotonic() - started:6.1f}s] {text}", file=sys.stderr, flush=True)
+    log = cli.progress_log(started)
 
     if not sys.platform.startswith("linux"):
         raise SystemExit("download.py: Linux only (epoll, sendfile, /proc, taskset)")
-    if args.loads:
-        names = [n.strip() for n in args.loads.split(",") if n.strip()]
-        unknown = [n for n in names if n not in LOADS_BY_NAME]
-        if unknown:
-            raise SystemExit(f"download.py: unknown load(s) {', '.join(unknown)}; known: "
-                             + ", ".join(LOADS_BY_NAME))
-        loads = [l for l in LOADS if l.name in names]
-    else:
-        loads = list(LOADS)
-    available = {v.name: v for v in BUILTIN_VARIANTS}
-    extra = [run.parse_variant(s) for s in args.variant]
-    for v in extra:
-        available[v.name] = v
-    if args.variants:
-        chosen = [n.strip() for n in args.variants.split(",") if n.strip()]
-        unknown = [n for n in chosen if n not in available]
-        if unknown:
-            raise SystemExit(f"download.py: unknown variant(s) {', '.join(unknown)}; known: {', '.join(available)}")
-        variants = [available[n] for n in chosen]
-    else:
-        variants = list(BUILTIN_VARIANTS) + extra
-    if len({v.name for v in variants}) != len(variants):
-        raise SystemExit("download.py: a variant is named twice")
-    cpus = os.sched_getaffinity(0)
-    if args.server_cpu == args.client_cpu or args.server_cpu not in cpus or args.client_cpu not in cpus:
-        raise SystemExit(f"download.py: --server-cpu {args.server_cpu} and --client-cpu {args.client_cpu} must be "
-                         f"two different CPUs of {sorted(cpus)}")
-    missing = [t for t in ("taskset", "curl", "dotnet", "cat") if not shutil.which(t)]
-    if any(l.raw for l in loads) and not shutil.which("gcc"):
-        missing.append("gcc (for the raw file-port client; or leave out the raw load: --loads http,http4)")
-    if missing:
-        raise SystemExit(f"download.py: missing, nothing installed: {', '.join(missing)}")
+    loads = cli.pick(args.loads, LOADS, "download.py", "load")
+    extra = [variants_mod.parse_variant(s, "download.py") for s in args.variant]
+    variants = variants_mod.choose(args.variants, [v.name for v in BUILTIN_VARIANTS], extra, "download.py",
+                                   builtin=BUILTIN_VARIANTS)
+    build.check_cpus(args.server_cpu, args.client_cpu, "download.py")
+    needs = [(t, t) for t in ("taskset", "curl", "dotnet", "cat")]
+    if any(l.raw for l in loads):
+        needs.append(("gcc", "gcc (for the raw file-port client; or leave out the raw load: --loads http,http4)"))
+    build.check_tools(needs, "download.py")
 
     args.out.mkdir(parents=True, exist_ok=True)
-    run.BIN.mkdir(parents=True, exist_ok=True)
-    lock = open(run.BIN / "lock", "w")  # the same lock as run.py: two benchmarks at once measure each other
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise SystemExit("download.py: run.py or download.py is already running (benchmarks/load/.bin/lock)")
-
-    def on_term(signum, frame):
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGINT, on_term)
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGHUP, on_term)
+    # The same lock as run.py: two benchmarks at once measure each other.
+    lock = procs.hold_lock(BIN / "lock", "download.py: run.py or download.py is already running "  # noqa: F841
+                                         "(benchmarks/load/.bin/lock)")
+    procs.interrupt_on_signals()
 
     folder = Path(tempfile.mkdtemp(prefix="epoll-download-"))
     bench = None
@@ -1059,12 +939,12 @@ def main(argv=None) -> int:
     try:
         digest = None
         if args.no_build:
-            if not (run.APP_DIR / "WebApp").is_file():
+            if not (APP_DIR / "WebApp").is_file():
                 raise SystemExit("download.py: --no-build, but .bin/WebApp/WebApp does not exist")
         else:
-            digest = run.build_sample(log)
+            digest = build.publish_sample(BIN, log, who="download.py")[1]
         if any(l.raw for l in loads):
-            build_fileget(log)
+            build.build_c(BIN / "fileget.c", FILEGET, log, who="download.py", source_text=FILEGET_C)
         t0 = time.monotonic()
         files = make_files(folder, args.size_mib * MIB)
         warm_page_cache(folder / BIG)
@@ -1090,12 +970,12 @@ def main(argv=None) -> int:
             "command": command,
             "finished_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "elapsed_s": round(time.monotonic() - started, 1),
-            "git": run.git_info(),
+            "git": build.git_info(),
             "sources_digest": digest,
-            "machine": run.machine_info(),
+            "machine": build.machine_info(),
             "dotnet": dotnet,
             "curl": curl[0] if curl else "",
-            "sample_epoll_settings": run.sample_epoll_settings(),
+            "sample_epoll_settings": build.sample_epoll_settings(APP_DIR),
             "settings": {"size_mib": args.size_mib, "rounds": args.rounds, "window_s": args.window,
                          "downloads": args.downloads, "warmup_downloads": args.warmup_downloads,
                          "budget_s": args.budget, "server_cpu": args.server_cpu, "client_cpu": args.client_cpu,
@@ -1117,7 +997,7 @@ def main(argv=None) -> int:
         data = dict(meta, variants=[vars(v) for v in variants], loads=[vars(l) for l in loads],
                     summary=[dict(load=k[0], variant=k[1], **v) for k, v in cells.items()], samples=bench.samples)
         (args.out / "sendfile.json").write_text(json.dumps(data, indent=1, default=str) + "\n")
-        tmp = run.BIN / "sendfile.json.tmp"
+        tmp = BIN / "sendfile.json.tmp"
         if tmp.exists():
             tmp.unlink()
         print(md)
@@ -1127,7 +1007,7 @@ def main(argv=None) -> int:
         log("interrupted: stopping every server and client")
         return 130
     finally:
-        run.kill_all_children()
+        procs.kill_all()
         if lock_pages:
             lock_pages.release()
         shutil.rmtree(folder, ignore_errors=True)
