@@ -119,10 +119,11 @@ public sealed class FlusherSendTests(ITestOutputHelper output)
     }
 
     [Fact]
-    public async Task Small_flushes_from_the_thread_pool_are_left_to_the_loop_and_arrive_in_order()
+    public async Task Small_flushes_from_the_thread_pool_are_sent_later_in_batches_and_arrive_in_order()
     {
-        // Responses of a few hundred bytes: the loop sends them at the end of its turn (batched with other
-        // connections' and pipelined ones), so a flushing thread hands each one over instead of sending it.
+        // Responses of a few hundred bytes flushed one by one from the thread pool: the thread that flushed sends
+        // them once its work item is done (a thread-pool item of its own), not one sendmsg per flush and not by
+        // waking the loop; by then the flushes that followed are in the pipe too, so they leave together.
         const int Messages = 2000;
         await using var server = await TestServer.StartRawAsync(Transports.Epoll, async connection =>
         {
@@ -142,9 +143,45 @@ public sealed class FlusherSendTests(ITestOutputHelper output)
 
         byte[] expected = Enumerable.Range(0, Messages).SelectMany(Message).ToArray();
         Assert.True(expected.AsSpan().SequenceEqual(received), "The messages arrived changed or out of order.");
-        await AssertFlusherWritesAsync(server, expected: false);
+        await AssertFlusherWritesAsync(server, expected: true);
+        long writes = (await TransportMetrics.CollectAsync(server)).GetValueOrDefault("epoll.syscalls.write");
+        Assert.True(writes < Messages / 4, $"{writes} sendmsg calls for {Messages} small flushes: they were not batched.");
 
         static byte[] Message(int i) => System.Text.Encoding.ASCII.GetBytes($"message {i:D6} " + new string((char)('a' + (i % 26)), 200) + "\n");
+    }
+
+    [Fact]
+    public async Task Pipelined_requests_served_on_the_thread_pool_get_every_response_in_order()
+    {
+        // The default scheduling with pipelining: Kestrel flushes each response from a pool thread while the next
+        // requests of the batch wait in its input; every response must arrive, whole and in request order.
+        await using var server = await TestServer.StartAsync(new TestServerOptions
+        {
+            Transport = Transports.Epoll,
+            ConfigureApp = app => app.MapGet("/n/{i:int}", (int i) => $"response {i}"),
+            Output = output,
+        });
+
+        const int Depth = 32;
+        const int Batches = 20;
+        using var socket = await Client.ConnectAsync(server.EndPoint);
+        var reader = new RawHttpReader(socket);
+        for (int batch = 0; batch < Batches; batch++)
+        {
+            var requests = new System.Text.StringBuilder();
+            for (int i = 0; i < Depth; i++)
+            {
+                requests.Append($"GET /n/{(batch * Depth) + i} HTTP/1.1\r\nHost: x\r\n\r\n");
+            }
+
+            await socket.SendAllAsync(System.Text.Encoding.ASCII.GetBytes(requests.ToString()));
+            for (int i = 0; i < Depth; i++)
+            {
+                RawHttpResponse response = await reader.ReadResponseAsync().WithTimeout();
+                Assert.Equal(200, response.StatusCode);
+                Assert.Equal($"response {(batch * Depth) + i}", response.BodyText);
+            }
+        }
     }
 
     private async Task AssertFlusherWritesAsync(TestServer server, bool expected)

@@ -14,7 +14,7 @@ internal sealed partial class EpollConnection
         if (Loop.IsCurrentThread)
         {
             WriteScratch scratch = Loop.WriteScratch;
-            written = WriteBuffer(buffer, scratch.Vectors, scratch.Pins, ref tally, out error);
+            written = WriteBuffer(buffer, scratch.Vectors, scratch.Pins, Loop.Now, ref tally, out error);
             Loop.Counters.AddLoopSends(tally);
         }
         else
@@ -22,14 +22,15 @@ internal sealed partial class EpollConnection
             // A flushing thread (FlushingThreadSender): its iovecs and pins live on its own stack.
             IOVector* vectors = stackalloc IOVector[WriteScratch.MaxSegments];
             var pins = new FlusherPins();
-            written = WriteBuffer(buffer, vectors, pins, ref tally, out error);
+            // The loop's clock is as old as its last wake-up, and the loop may sleep through these sends: read the clock.
+            written = WriteBuffer(buffer, vectors, pins, Environment.TickCount64, ref tally, out error);
             Loop.FlusherCounters.AddFlusherSends(tally);
         }
 
         return written;
     }
 
-    private unsafe long WriteBuffer(in ReadOnlySequence<byte> buffer, IOVector* vectors, Span<MemoryHandle> pins, ref SendTally tally, out Error error)
+    private unsafe long WriteBuffer(in ReadOnlySequence<byte> buffer, IOVector* vectors, Span<MemoryHandle> pins, long now, ref SendTally tally, out Error error)
     {
         long total = 0;
         error = Error.Success;
@@ -110,7 +111,7 @@ internal sealed partial class EpollConnection
 
             total += written;
             tally.Bytes += written;
-            _lastActivity = Loop.Now;
+            _lastActivity = now;
             if (written < batch)
             {
                 return total;
