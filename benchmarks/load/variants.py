@@ -28,6 +28,7 @@ class Variant:
     env: dict = field(default_factory=dict)
     description: str = ""
     aot: bool = False  # the sample's Native AOT build (no JIT: no tiering to wait for)
+    app_dir: str | None = None  # another published build of the sample (before/after a change, in one run)
 
     @property
     def transport(self) -> str:
@@ -70,7 +71,8 @@ def aot_twin(name: str) -> str:
 
 def parse_variant(spec: str, who: str = "run.py") -> Variant:
     """name=ARGS: ARGS are extra arguments for the sample (shell words); NAME=VALUE words are environment
-    variables; without --Transport the variant runs on epoll."""
+    variables, except app=DIR: run the sample published in DIR (e.g. a build of the commit before a change) instead
+    of the runner's own build; without --Transport the variant runs on epoll."""
     if "=" not in spec:
         raise SystemExit(f"{who}: --variant '{spec}': expected name=ARGS, e.g. "
                          f"'epoll-1t=--Kestrel:Transport:Epoll:ThreadCount=1'")
@@ -78,16 +80,21 @@ def parse_variant(spec: str, who: str = "run.py") -> Variant:
     name = name.strip()
     if not re.fullmatch(r"[A-Za-z0-9_.+-]+", name):
         raise SystemExit(f"{who}: --variant name '{name}': use letters, digits, '-', '_', '.', '+'")
-    env, args = {}, []
+    env, args, app_dir = {}, [], None
     for word in shlex.split(rest):
-        if ENV_TOKEN.match(word) and not word.startswith("-"):
+        if word.startswith("app="):
+            app_dir = os.path.abspath(os.path.expanduser(word[4:]))
+            if not os.path.isfile(os.path.join(app_dir, "WebApp")) and not os.path.isfile(os.path.join(app_dir, "WebApp.dll")):
+                raise SystemExit(f"{who}: --variant '{name}': {app_dir} holds no published WebApp")
+        elif ENV_TOKEN.match(word) and not word.startswith("-"):
             key, value = word.split("=", 1)
             env[key] = value
         else:
             args.append(word)
     if not any(a.lower() == "--transport" or a.lower().startswith("--transport=") for a in args):
         args = ["--Transport", "epoll"] + args
-    return Variant(name, "dotnet", args, env, description=rest.strip() or "epoll transport, the sample as shipped")
+    return Variant(name, "dotnet", args, env, description=rest.strip() or "epoll transport, the sample as shipped",
+                   app_dir=app_dir)
 
 
 def choose(names: str | None, defaults: list, extra: list, who: str, builtin=None) -> list:
@@ -172,7 +179,8 @@ def create(variant: Variant, echo: bool, cpu: int, workdir: Path, log_path: Path
     sample.ServerFailure when it exits or does not answer in time."""
     if variant.kind == "nginx":
         return NginxServer(cpu, workdir, log_path, variant.name)
-    return sample.SampleServer(AOT_DIR if variant.aot else APP_DIR, list(variant.args) + list(extra_args),
+    app = Path(variant.app_dir) if variant.app_dir else AOT_DIR if variant.aot else APP_DIR
+    return sample.SampleServer(app, list(variant.args) + list(extra_args),
                                env=variant.env, cpu=cpu, log_path=log_path, echo_port=0 if echo else -1,
                                http2_port=-1, name=variant.name, cwd=str(workdir),
                                expect_transport=variant.transport)
