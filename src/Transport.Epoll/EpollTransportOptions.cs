@@ -61,10 +61,9 @@ public sealed class EpollTransportOptions
 
     /// <summary>
     /// Lets a flush made on a thread other than the connection's loop (the thread pool, where the application runs by
-    /// default) write to the socket from that thread, when nothing else is being sent on that connection, instead of
-    /// waking the loop to do it: a flush of 16 KiB or more at once, a smaller one once the thread's current work item
-    /// is done (so the responses flushed meanwhile leave in the same <c>sendmsg</c>). A partial write, an error or
-    /// the output's end still go to the loop. When <see langword="false"/>, every send is made by the loop.
+    /// default) write to the socket right there, when nothing else is being sent on that connection: one
+    /// <c>sendmsg</c> instead of waking the loop to make it. A partial write, an error or the output's end still go
+    /// to the loop. When <see langword="false"/>, every send is made by the loop.
     /// </summary>
     /// <remarks>Defaults to <see langword="true"/>. Not used with <see cref="ZeroCopyThreshold"/> (zero-copy sends
     /// are always the loop's).</remarks>

@@ -14,17 +14,13 @@ namespace Transport.Epoll.Internal;
 /// per flush: Kestrel's copy of a large response (a write of ~20 KB per flush) ran at 0.47x the Sockets transport's
 /// throughput at 2.1x its CPU per byte (benchmarks/README.md has the before and after).
 ///
-/// Only flushes of at least <see cref="FlusherSendMinBytes"/> are sent there and then. A small one (a typical
-/// response, each of a pipelined batch) is sent later by the same thread: the flush queues a thread-pool item of its
-/// own (the thread's local queue, so it runs once the work item the thread runs now is done, by when the responses
-/// flushed after it are in the pipe too) which sends whatever the pipe holds then, small or not. That is the Sockets
-/// transport's scheme (its sends go through a queue on the thread pool) and it keeps the loop asleep: handing small
-/// flushes to the loop cost an eventfd write and a loop wake-up per response in the default scheduling, where the
-/// loop is idle between requests. Sending each small flush at once instead cost 23% of the requests per second at 64
-/// connections and 77% pipelined (a sendmsg per response; benchmarks/README.md).
+/// Only flushes of at least <see cref="FlusherSendMinBytes"/> are sent there. Small ones (a typical response, each of
+/// a pipelined batch) still go to the loop, whose end-of-turn send takes every response the turn produced at once
+/// and keeps the loop's epoll_wait returning many events: sending each small flush on its thread cost 23% of the
+/// requests per second at 64 connections and 77% pipelined (benchmarks/README.md).
 ///
 /// And only the plain case runs there: a send that writes everything it was given. Anything else goes back to the
-/// loop (<see cref="FlushingThreadSender.HandOver"/>), which reads the pipe again: the output's end or a file job
+/// loop (<see cref="FlushingThreadSender.HandOver"/>), which reads the pipe again: a small flush, the output's end or a file job
 /// (nothing consumed: handing the loop the read result itself instead cost pipelining a second writev per batch, as
 /// the responses flushed after it were left for another read); a partial write or EAGAIN (EPOLLOUT readiness is
 /// tracked on the loop); a socket error (closing is the loop's) or an exception from the application's side of the
@@ -63,7 +59,7 @@ internal sealed partial class EpollConnection
     /// when the gate lets it in, otherwise on the loop (deferred to the end of its turn, as on the loop itself). It owns
     /// the gate and what a flushing thread hands back to the loop.
     /// </summary>
-    private sealed class FlushingThreadSender(EpollConnection connection) : PipeScheduler, IThreadPoolWorkItem
+    private sealed class FlushingThreadSender(EpollConnection connection) : PipeScheduler
     {
         private const int GateOpen = 0;
         private const int GateFlusherInside = 1;
@@ -75,12 +71,6 @@ internal sealed partial class EpollConnection
 
         /// <summary>Set by a flushing thread inside the gate when the loop must take over; read by the same thread as it leaves.</summary>
         private bool _handOver;
-
-        /// <summary>With <see cref="_handOver"/>: only because the flush was small, so a thread-pool item sends it later.</summary>
-        private bool _sendLater;
-
-        /// <summary>True inside that item: it sends whatever the pipe holds, small or not.</summary>
-        private bool _sendingLater;
 
         /// <summary>Why a flushing thread gave the send back to the loop; read by the loop in <see cref="ResumeOnLoop"/>.</summary>
         private Error _error;
@@ -99,11 +89,9 @@ internal sealed partial class EpollConnection
             }
 
             bool handOver;
-            bool sendLater;
             try
             {
                 _handOver = false;
-                _sendLater = false;
                 action(state);
             }
             catch (Exception ex)
@@ -116,50 +104,6 @@ internal sealed partial class EpollConnection
             finally
             {
                 handOver = _handOver;
-                sendLater = _sendLater;
-                Volatile.Write(ref _gate, GateOpen);
-            }
-
-            if (sendLater)
-            {
-                // A small flush: sent by this thread once the work item it runs now is done (the local queue comes
-                // first), by when the application's next pipelined responses are in the pipe too. The loop is not woken.
-                System.Threading.ThreadPool.UnsafeQueueUserWorkItem(this, preferLocal: true);
-            }
-            else if (handOver)
-            {
-                loop.Schedule(s_resumeOnLoop, connection);
-            }
-        }
-
-        /// <summary>The later send of small flushes, on a thread-pool thread: inside the gate, as a flushing thread.</summary>
-        void IThreadPoolWorkItem.Execute()
-        {
-            EpollLoop loop = connection.Loop;
-            if (Interlocked.CompareExchange(ref _gate, GateFlusherInside, GateOpen) != GateOpen)
-            {
-                // Shut (the connection is closing) or, never in practice, taken: the loop decides.
-                loop.Schedule(s_resumeOnLoop, connection);
-                return;
-            }
-
-            bool handOver;
-            try
-            {
-                _handOver = false;
-                _sendLater = false;
-                _sendingLater = true;
-                connection.ReadOutput();
-            }
-            catch (Exception ex)
-            {
-                _bug = System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(ex);
-                _handOver = true;
-            }
-            finally
-            {
-                _sendingLater = false;
-                handOver = _handOver;
                 Volatile.Write(ref _gate, GateOpen);
             }
 
@@ -169,22 +113,10 @@ internal sealed partial class EpollConnection
             }
         }
 
-        /// <summary>
-        /// Whether a flushing thread sends this read result now: a large flush with nothing special in it, or anything
-        /// plain in the later send. A small plain flush is left for the later send; the rest goes to the loop.
-        /// </summary>
-        public bool Takes(in ReadResult result, SendFileJob? job)
-        {
-            bool plain = !result.IsCompleted && job is null && connection._fd >= 0 && !connection.SendDone;
-            if (plain && (_sendingLater || connection._positions.UnsentIn(result.Buffer) >= FlusherSendMinBytes))
-            {
-                return true;
-            }
-
-            _handOver = true;
-            _sendLater = plain && !_sendingLater;
-            return false;
-        }
+        /// <summary>Whether a flushing thread sends this read result itself: only a large flush with nothing special in it.</summary>
+        public static bool Takes(in ReadResult result, SendFileJob? job, EpollConnection connection)
+            => !result.IsCompleted && job is null && connection._fd >= 0 && !connection.SendDone
+                && connection._positions.UnsentIn(result.Buffer) >= FlusherSendMinBytes;
 
         /// <summary>On a flushing thread, inside the gate: the rest of this send is the loop's (see the class comment).</summary>
         public void HandOver(Error error = Error.Success, Exception? exception = null)
@@ -192,7 +124,6 @@ internal sealed partial class EpollConnection
             _error = error;
             _exception = exception;
             _handOver = true;
-            _sendLater = false;
         }
 
         /// <summary>
@@ -247,14 +178,6 @@ internal sealed partial class EpollConnection
             }
             else
             {
-                if (connection._files?.Job is { StreamPosition: < 0 })
-                {
-                    // A job waits for its place, which only a read of the pipe gives it. The loop's cancellation that
-                    // was to wake that read may have been taken by this thread's read (it saw the job and handed over),
-                    // and with every earlier byte sent the pipe has nothing new: the read would wait for ever.
-                    connection._output.Reader.CancelPendingRead();
-                }
-
                 connection.ReadOutput();
             }
         }

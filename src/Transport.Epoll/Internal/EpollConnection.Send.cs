@@ -81,11 +81,12 @@ internal sealed partial class EpollConnection
         // Read once: a flushing thread that saw no job here must not meet one below (it would drive the file, and a
         // failure there shuts the gate it is inside: it would spin on itself in Shut).
         SendFileJob? job = _files?.Job;
-        if (OnFlusher && !_flushingThread!.Takes(result, job))
+        if (OnFlusher && !FlushingThreadSender.Takes(result, job, this))
         {
-            // Nothing consumed or examined: whoever sends next reads again, and by then its read also takes what was
-            // flushed since (the next pipelined responses), so they leave in one writev (see FlushingThreadSender).
+            // Nothing consumed or examined: the loop reads again, and by then its read also takes what was flushed
+            // since (the next pipelined responses), so they leave in one writev (see FlushingThreadSender).
             _output.Reader.AdvanceTo(result.Buffer.Start);
+            _flushingThread!.HandOver();
             return false;
         }
 
@@ -295,16 +296,11 @@ internal sealed partial class EpollConnection
         }
     }
 
-    /// <summary>
-    /// Makes the send side read the pipe again (its SendOutput then sees whatever the pipe holds): how the loop makes it
-    /// look again after a file job or a zero-copy completion changed what it may do. Unconditional: a pending read
-    /// returns now, and with none pending the next read returns at once (the pipe remembers the cancellation), so a
-    /// send in progress on another thread (a flushing thread, a later send on the thread pool) that has not seen the
-    /// change yet still meets it at its next read, with no flag to race on.
-    /// </summary>
+    /// <summary>Wakes a pending output read (its continuation then runs SendOutput with whatever the pipe holds): how
+    /// the loop makes the send side look again after a file job or a zero-copy completion changed what it may do.</summary>
     private void RereadOutput()
     {
-        if (!SendDone)
+        if (_outputReadPending)
         {
             _output.Reader.CancelPendingRead();
         }
