@@ -4,9 +4,9 @@
   (a) concurrent: N connections (default 10,000) open at once to the raw echo port, each does one echo round trip
       tagged with its index; all must be served. Figures: time to connect and to serve, server RSS and its growth
       per connection. Then all close and the server's figures must return to baseline.
-  (b) storm: N connections (default 50,000) connect and close (FIN) as fast as one client thread can, spread over
-      127.0.0.1-4 so the client's TIME_WAITs don't exhaust its ports. Then the server must still serve, and its fd
-      count, epoll.connections.active and epoll.connections.table return to baseline.
+  (b) storm: N connections (default 50,000) connect and close (FIN) as fast as one client thread can, from source
+      addresses spread over 127.0.0.1-4 so the client's TIME_WAITs don't exhaust its ports. Then the server must
+      still serve, and its fd count, epoll.connections.active and epoll.connections.table return to baseline.
   (c) rst: N connections (default 20,000) to the HTTP port each send half a request and close with SO_LINGER 0
       (RST). Same checks.
   (d) emfile: a fresh server started with RLIMIT_NOFILE=--emfile-limit (default 512; the .NET runtime itself holds
@@ -94,6 +94,16 @@ def back_to_baseline(bar: Bar, server: sl.Server, base: dict, timeout: float = 3
         bar.figure(f"fds that differ: {sl.fd_diff(base['fd_targets'], f['fd_targets'])}")
 
 
+def connect_spread(i: int, port: int) -> socket.socket:
+    """Connects to the server's loopback address from source address 127.0.0.1-4 in turn (the whole 127.0.0.0/8 is
+    the loopback interface's, ip(7)/ip-address(8)). The client closes first, so each connection leaves a TIME_WAIT
+    (60 s, tcp(7)) holding its source port; with one source address, 50,000 connections in a few seconds would use
+    up the ephemeral port range (ip_local_port_range, ~28,000 ports) and connect() fail with EADDRNOTAVAIL. bind()
+    to a source address with port 0 picks a port free on that address, so four give four times the range. The spread
+    is on the source, not the destination: the sample's raw ports listen on 127.0.0.1 only when --urls is loopback."""
+    return socket.create_connection((sl.HOST, port), timeout=10, source_address=(f"127.0.0.{1 + i % 4}", 0))
+
+
 def still_serves(bar: Bar, server: sl.Server) -> None:
     try:
         sl.echo_round_trip(server.echo_port, b"still there?" * 1000, timeout=10)
@@ -123,7 +133,7 @@ def part_concurrent(args, bar: Bar) -> None:
             if time.monotonic() > deadline:
                 break
             try:
-                s = socket.create_connection((f"127.0.0.{1 + i % 4}", server.echo_port), timeout=10)
+                s = connect_spread(i, server.echo_port)
                 socks.append(s)
             except OSError:
                 failed_connects += 1
@@ -186,7 +196,7 @@ def part_storm(args, bar: Bar) -> None:
             if time.monotonic() > deadline:
                 break
             try:
-                s = socket.create_connection((f"127.0.0.{1 + i % 4}", server.echo_port), timeout=10)
+                s = connect_spread(i, server.echo_port)
                 s.close()
                 done += 1
             except OSError:
