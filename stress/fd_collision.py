@@ -16,7 +16,8 @@ Phase 1 runs without faults; phase 2 (second half of the time) on a server with 
 whose short and parked writes keep more writes pending at the moment of each close.
 
 Bar: zero foreign or misplaced bytes, no round trip of phase 1 that fails, no hang (15 s per operation), server
-alive, and its connection figures back to baseline at the end of each phase.
+alive, and its connection figures back to baseline at the end of each phase; its log may hold no fail:/crit: entry
+but Kestrel's own race on a reset mid-body (stresslib.KESTREL_BODY_RESET_RACE).
 
   python3 stress/fd_collision.py                 # 2 x 30 s
   python3 stress/fd_collision.py --seconds 120
@@ -163,6 +164,10 @@ def _send_quietly(s: socket.socket, data: bytes) -> None:
 
 def phase(name: str, env: dict, seconds: float, workers: int, max_conns: int, strict: bool, ids) -> tuple[bool, list[str]]:
     server = sl.Server("epoll", env=env, name=f"fd-collision-{name}")
+    # A third of the HTTP connections reset while their POST /echo body is still arriving, another third close with
+    # unread data (the kernel then sends RST, tcp(7)): Kestrel's own race on a reset mid-body (the Sockets transport
+    # too, about 1 in 500 such resets; see tools/harness/logs.py) can throw from the body's AdvanceTo. Expected.
+    server.expect(*sl.KESTREL_BODY_RESET_RACE)
     lines = []
     ok = True
     try:
