@@ -217,6 +217,10 @@ def part_rst(args, bar: Bar) -> None:
     n = int(20000 * args.scale) if args.rst is None else args.rst
     print(f"(c) RST storm: {n} connections send half a request, then RST", flush=True)
     server = sl.Server(args.transport, nofile=200000, name="floods-rst")
+    # Half the connections reset in the middle of a POST /echo body: Kestrel's own race on a reset mid-body (the
+    # Sockets transport too, about 1 in 500 to 1 in 5,000 such resets; see tools/harness/logs.py) can throw from the
+    # body's AdvanceTo. Expected; nothing else is.
+    server.expect(*sl.KESTREL_BODY_RESET_RACE)
     try:
         base = baseline(server)
         deadline = time.monotonic() + args.part_timeout
