@@ -206,7 +206,7 @@ def part_storm(args, bar: Bar) -> None:
         bar.check(done + failed == n, f"storm finished within {args.part_timeout} s")
         back_to_baseline(bar, server, base, timeout=60)
         stats = server.stats()
-        bar.figure(f"accepted {stats['counters']['epoll.connections.accepted']}, closed by reason {stats['closedByReason']}")
+        bar.figure(f"accepted {stats['counters'].get('epoll.connections.accepted')}, closed by reason {stats.get('closedByReason')}")
         still_serves(bar, server)
         bar.check(server.alive(), "server alive")
     finally:
@@ -243,7 +243,7 @@ def part_rst(args, bar: Bar) -> None:
         bar.check(done + failed == n, f"storm finished within {args.part_timeout} s")
         back_to_baseline(bar, server, base, timeout=60)
         stats = server.stats()
-        bar.figure(f"accepted {stats['counters']['epoll.connections.accepted']}, closed by reason {stats['closedByReason']}")
+        bar.figure(f"accepted {stats['counters'].get('epoll.connections.accepted')}, closed by reason {stats.get('closedByReason')}")
         still_serves(bar, server)
         bar.check(server.alive(), "server alive")
     finally:
