@@ -34,6 +34,7 @@ internal static class EpollTransportOptionsBinder
         [nameof(EpollTransportOptions.TcpKeepAliveProbeCount)] = Integer(),
         [nameof(EpollTransportOptions.TcpUserTimeout)] = Duration(),
         [nameof(EpollTransportOptions.LoopStallThreshold)] = Duration(),
+        [nameof(EpollTransportOptions.SpinBeforeWait)] = Duration(),
     };
 
     public static void Bind(IConfiguration section, EpollTransportOptions options)

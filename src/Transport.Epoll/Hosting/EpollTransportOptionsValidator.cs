@@ -8,6 +8,7 @@ internal sealed class EpollTransportOptionsValidator : IValidateOptions<EpollTra
     internal const int MaxThreadCount = 256;
     internal const int MinZeroCopyThreshold = 1024;
     internal const int MaxZeroCopyThreshold = 1 << 30;
+    internal static readonly TimeSpan MaxSpinBeforeWait = TimeSpan.FromMilliseconds(1);
 
     public ValidateOptionsResult Validate(string? name, EpollTransportOptions options)
     {
@@ -40,6 +41,11 @@ internal sealed class EpollTransportOptionsValidator : IValidateOptions<EpollTra
         if (options.ZeroCopyThreshold is { } zeroCopy && zeroCopy != 0 && zeroCopy is < MinZeroCopyThreshold or > MaxZeroCopyThreshold)
         {
             failures.Add($"EpollTransportOptions.ZeroCopyThreshold is {zeroCopy}; it must be between {MinZeroCopyThreshold} and {MaxZeroCopyThreshold} bytes, or null or 0 for off.");
+        }
+
+        if (options.SpinBeforeWait < TimeSpan.Zero || options.SpinBeforeWait > MaxSpinBeforeWait)
+        {
+            failures.Add($"EpollTransportOptions.SpinBeforeWait is {options.SpinBeforeWait}; it must be between {TimeSpan.Zero} (off) and {MaxSpinBeforeWait}.");
         }
 
         if (!Enum.IsDefined(options.AcceptDistribution))

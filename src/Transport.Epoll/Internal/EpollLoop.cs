@@ -57,6 +57,7 @@ internal sealed unsafe partial class EpollLoop : PipeScheduler, IDisposable
         FlusherCounters = context.Metrics.AddLoop();
         _idleTimeoutMs = (long)(context.Options.IdleTimeout?.TotalMilliseconds ?? 0);
         _idleScanIntervalMs = Math.Clamp(_idleTimeoutMs / 8, 1, 1000);
+        _spinTicks = (long)(context.Options.SpinBeforeWait.TotalSeconds * Stopwatch.Frequency);
 
         _epollFd = Libc.epoll_create1(Libc.EPOLL_CLOEXEC);
         if (_epollFd < 0)
@@ -221,25 +222,8 @@ internal sealed unsafe partial class EpollLoop : PipeScheduler, IDisposable
     /// <summary>One turn: wait, dispatch the events, run the scheduled work, the reads left over, timers, idle checks.</summary>
     private void RunTurn(byte* events)
     {
-        int timeout = NextWaitTimeout();
-        if (!_work.IsEmpty || _readAgain.Count != 0)
-        {
-            timeout = 0;
-        }
-        else
-        {
-            // Publish "may sleep" before the last look at the queue: a Schedule that raced with us either sees
-            // Sleeping and writes the eventfd, or enqueued before our look and is seen here.
-            Interlocked.Exchange(ref _wakeState, Sleeping);
-            if (!_work.IsEmpty || _stopRequested)
-            {
-                timeout = 0;
-            }
-        }
-
         Volatile.Write(ref _turnStartedAt, 0);
-        int count = Libc.Wait(_epollFd, events, MaxEventsPerWait, timeout);
-        Volatile.Write(ref _wakeState, Awake);
+        int count = WaitForEvents(events, NextWaitTimeout());
         if (count < 0)
         {
             Error error = Errno.Last;

@@ -50,6 +50,8 @@ internal sealed class EpollMetrics : IDisposable
         _meter.CreateObservableCounter("epoll.eagain", () => Sum().WouldBlock, "{call}", "Reads and writes that returned EAGAIN.");
         _meter.CreateObservableCounter("epoll.writes.flushing_thread", () => Sum().FlusherWrites, "{call}", "sendmsg(2) calls made on the thread that flushed instead of the loop (SendOnFlushingThread).");
         _meter.CreateObservableCounter("epoll.loop.stalls", () => Volatile.Read(ref _loopStalls), "{turn}", "Loop turns that ran longer than LoopStallThreshold.");
+        _meter.CreateObservableCounter("epoll.loop.spins.found", () => Sum().SpinsFound, "{spin}", "Spins before epoll_wait (SpinBeforeWait) that found an event or scheduled work.");
+        _meter.CreateObservableCounter("epoll.loop.spins.expired", () => Sum().SpinsExpired, "{spin}", "Spins before epoll_wait that ran out and blocked (each turns spinning off until a wait is short again).");
         _meter.CreateObservableCounter("epoll.writes.partial", () => Sum().PartialWrites, "{call}", "Writes the kernel took only part of (the rest waits for EPOLLOUT).");
     }
 

@@ -26,6 +26,8 @@ internal sealed class LoopCounters
     public long ZeroCopySends;
     public long ZeroCopyCompletions;
     public long ZeroCopyCopied;
+    public long SpinsFound;
+    public long SpinsExpired;
 
     /// <summary>Counts one flushing thread's sends (thread-safe; only on a loop's flusher instance).</summary>
     public void AddFlusherSends(in SendTally tally)
@@ -78,6 +80,8 @@ internal sealed class LoopCounters
         total.ZeroCopySends += Volatile.Read(ref ZeroCopySends);
         total.ZeroCopyCompletions += Volatile.Read(ref ZeroCopyCompletions);
         total.ZeroCopyCopied += Volatile.Read(ref ZeroCopyCopied);
+        total.SpinsFound += Volatile.Read(ref SpinsFound);
+        total.SpinsExpired += Volatile.Read(ref SpinsExpired);
     }
 }
 

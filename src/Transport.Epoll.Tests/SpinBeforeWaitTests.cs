@@ -1,0 +1,203 @@
+using System.Buffers;
+using System.Globalization;
+using System.Text;
+using Microsoft.Extensions.Options;
+using Transport.Epoll.Tests.Infrastructure;
+using Xunit.Abstractions;
+
+namespace Transport.Epoll.Tests;
+
+/// <summary>
+/// <see cref="EpollTransportOptions.SpinBeforeWait"/>: the loop polls before it blocks while events come close together,
+/// and never burns a core when they stop.
+/// </summary>
+[Collection(SerialCollection.Name)]
+public sealed class SpinBeforeWaitTests(ITestOutputHelper output)
+{
+    /// <summary>The longest spin allowed: any bug that keeps the loop spinning shows as a whole core.</summary>
+    private static readonly TimeSpan LongestSpin = TimeSpan.FromMilliseconds(1);
+
+    [Theory]
+    [InlineData("-00:00:00.0000010")]
+    [InlineData("00:00:00.0010001")]
+    [InlineData("00:00:01")]
+    public async Task A_spin_out_of_range_fails_start_up_naming_the_option_and_its_range(string value)
+    {
+        var error = await Assert.ThrowsAnyAsync<OptionsValidationException>(() => TestServer.StartAsync(new TestServerOptions
+        {
+            Transport = Transports.Epoll,
+            ConfigureApp = TestApp.Map,
+            Output = output,
+            Epoll = o => o.SpinBeforeWait = TimeSpan.Parse(value, CultureInfo.InvariantCulture),
+        }));
+
+        Assert.Contains(
+            $"EpollTransportOptions.SpinBeforeWait is {TimeSpan.Parse(value, CultureInfo.InvariantCulture)}; it must be between 00:00:00 (off) and 00:00:00.0010000.",
+            error.Message,
+            StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task Requests_are_served_with_the_longest_spin_in_both_scheduling_modes(bool inline)
+    {
+        await using var server = await TestServer.StartAsync(new TestServerOptions
+        {
+            Transport = Transports.Epoll,
+            ConfigureApp = TestApp.Map,
+            Output = output,
+            Epoll = o =>
+            {
+                o.ThreadCount = 1;
+                o.UnsafePreferInlineScheduling = inline;
+                o.SpinBeforeWait = LongestSpin;
+            },
+        });
+
+        // Back to back on one connection (the spin's case), concurrent connections, and a body larger than a read.
+        using (var socket = await Client.ConnectAsync(server.EndPoint))
+        {
+            var reader = new RawHttpReader(socket);
+            for (int i = 0; i < 200; i++)
+            {
+                await socket.SendAllAsync(RawHttpReader.Get($"/item/{i}"));
+                var response = await reader.ReadResponseAsync();
+                Assert.Equal($"item {i}", response.BodyText);
+            }
+        }
+
+        using var client = HttpClients.Create(server.BaseAddress);
+        var items = await Task.WhenAll(Enumerable.Range(0, 40).Select(i => client.GetStringAsync($"/item/{i}"))).WithTimeout();
+        Assert.Equal(Enumerable.Range(0, 40).Select(i => $"item {i}"), items);
+
+        byte[] body = Client.RandomBytes(1 << 20, seed: 7);
+        using var posted = await client.PostAsync("/hash", new ByteArrayContent(body)).WithTimeout();
+        Assert.StartsWith($"{body.Length}:{Client.Sha256(body)}:", await posted.Content.ReadAsStringAsync(), StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task The_loop_spins_while_requests_come_back_to_back_and_uses_almost_no_cpu_once_they_stop()
+    {
+        await using var server = await StartEchoWithThreadId(LongestSpin);
+        using var socket = await Client.ConnectAsync(server.EndPoint);
+        int tid = await LoopThreadId(socket);
+
+        var during = await TransportMetrics.CollectAsync(server, async () =>
+        {
+            for (int i = 0; i < 2000; i++)
+            {
+                await Exchange(socket, "ping");
+            }
+        });
+        long found = during.GetValueOrDefault("epoll.loop.spins.found");
+        output.WriteLine($"spins found {found}, expired {during.GetValueOrDefault("epoll.loop.spins.expired")}");
+        Assert.True(found > 100, $"only {found} of 2000 back-to-back exchanges were caught by a spin");
+
+        // Idle, connection open: the last spin ends 1 ms after the last exchange at most; then the loop blocks.
+        await Task.Delay(100);
+        TimeSpan idle = await LoopCpuOver(tid, TimeSpan.FromSeconds(1));
+        output.WriteLine($"loop CPU over 1 s idle: {idle.TotalMilliseconds:0.###} ms");
+        Assert.True(idle < TimeSpan.FromMilliseconds(20), $"the idle loop used {idle.TotalMilliseconds:0.#} ms of CPU in 1 s");
+    }
+
+    [Fact]
+    public async Task Requests_further_apart_than_the_spin_do_not_make_the_loop_spin()
+    {
+        await using var server = await StartEchoWithThreadId(LongestSpin);
+        using var socket = await Client.ConnectAsync(server.EndPoint);
+        int tid = await LoopThreadId(socket);
+        await Task.Delay(50);
+
+        const int Requests = 20;
+        var before = await TransportMetrics.CollectAsync(server);
+        long cpuBefore = LoopCpuNanoseconds(tid);
+        for (int i = 0; i < Requests; i++)
+        {
+            await Task.Delay(20);
+            await Exchange(socket, "ping");
+        }
+
+        TimeSpan cpu = TimeSpan.FromTicks((LoopCpuNanoseconds(tid) - cpuBefore) / 100);
+        var after = await TransportMetrics.CollectAsync(server);
+        long spins = after.GetValueOrDefault("epoll.loop.spins.found") + after.GetValueOrDefault("epoll.loop.spins.expired")
+            - before.GetValueOrDefault("epoll.loop.spins.found") - before.GetValueOrDefault("epoll.loop.spins.expired");
+        output.WriteLine($"{Requests} exchanges 20 ms apart: {spins} spins, loop CPU {cpu.TotalMilliseconds:0.###} ms");
+
+        // Each wait before a request lasts 20 ms, far over the window: no spin (inline scheduling: the response is sent
+        // in the turn that read the request). Allow one for a stray short wait.
+        Assert.True(spins <= 1, $"{spins} spins for {Requests} sparse exchanges");
+        Assert.True(cpu < TimeSpan.FromMilliseconds(Requests * 2), $"the loop used {cpu.TotalMilliseconds:0.#} ms for {Requests} sparse exchanges");
+    }
+
+    /// <summary>A raw echo server, inline on its one loop, that answers "tid" with the OS id of the thread it runs on.</summary>
+    private Task<TestServer> StartEchoWithThreadId(TimeSpan spin) => TestServer.StartAsync(new TestServerOptions
+    {
+        Transport = Transports.Epoll,
+        Output = output,
+        Epoll = o =>
+        {
+            o.ThreadCount = 1;
+            o.UnsafePreferInlineScheduling = true;
+            o.SpinBeforeWait = spin;
+        },
+        ConnectionHandler = async connection =>
+        {
+            while (true)
+            {
+                var read = await connection.Transport.Input.ReadAsync();
+                if (read.IsCompleted)
+                {
+                    break;
+                }
+
+                string request = Encoding.ASCII.GetString(read.Buffer.ToArray());
+                connection.Transport.Input.AdvanceTo(read.Buffer.End);
+
+                // /proc/thread-self links to "<pid>/task/<tid>" of the reading thread (proc(5)).
+                string reply = request == "tid" ? new FileInfo("/proc/thread-self").LinkTarget!.Split('/')[^1] : request;
+                await connection.Transport.Output.WriteAsync(Encoding.ASCII.GetBytes(reply + "\n"));
+            }
+        },
+    });
+
+    private static async Task<string> Exchange(System.Net.Sockets.Socket socket, string message)
+    {
+        await socket.SendAllAsync(message);
+        var reply = new StringBuilder();
+        var buffer = new byte[256];
+        while (reply.Length == 0 || reply[^1] != '\n')
+        {
+            int n = await socket.ReceiveOnceAsync(buffer);
+            Assert.True(n > 0, "the server closed the connection");
+            reply.Append(Encoding.ASCII.GetString(buffer, 0, n));
+        }
+
+        return reply.ToString().TrimEnd('\n');
+    }
+
+    /// <summary>The loop's thread id, asked once the handler runs inline (its first read may complete on the thread pool
+    /// that started it).</summary>
+    private static async Task<int> LoopThreadId(System.Net.Sockets.Socket socket)
+    {
+        for (int i = 0; i < 3; i++)
+        {
+            Assert.Equal("ping", await Exchange(socket, "ping"));
+        }
+
+        int tid = int.Parse(await Exchange(socket, "tid"), CultureInfo.InvariantCulture);
+        Assert.Equal("epoll-0", File.ReadAllText($"/proc/self/task/{tid}/comm").TrimEnd('\n'));
+        return tid;
+    }
+
+    /// <summary>The thread's time on a CPU: the first field of /proc/self/task/TID/schedstat, in nanoseconds (proc(5)).</summary>
+    private static long LoopCpuNanoseconds(int tid) =>
+        long.Parse(File.ReadAllText($"/proc/self/task/{tid}/schedstat").Split(' ')[0], CultureInfo.InvariantCulture);
+
+    private static async Task<TimeSpan> LoopCpuOver(int tid, TimeSpan window)
+    {
+        long before = LoopCpuNanoseconds(tid);
+        await Task.Delay(window);
+        return TimeSpan.FromTicks((LoopCpuNanoseconds(tid) - before) / 100);
+    }
+}

@@ -1,0 +1,106 @@
+using System.Diagnostics;
+using Transport.Epoll.Interop;
+
+namespace Transport.Epoll.Internal;
+
+/// <summary>
+/// The wait at the start of a turn, with the bounded spin of <see cref="EpollTransportOptions.SpinBeforeWait"/>: while
+/// events keep coming within the spin window, the loop polls epoll with a zero timeout for up to that long before it
+/// blocks. A loop that blocks in epoll_wait is woken by an interrupt and the scheduler, and an idle virtual CPU first
+/// has to be resumed by the hypervisor (tens of microseconds per wake-up); the thread pool that the Sockets transport
+/// uses spins for the same reason.
+/// </summary>
+/// <remarks>
+/// The spin adapts: it runs only when the previous wait ended (with an event, a wake-up or scheduled work) within the
+/// spin window. A spin that runs out turns spinning off until a wait is short again, so a loop whose requests come
+/// further apart than the window spins at most once per burst, and an idle loop never spins. While spinning the loop
+/// stays Awake (EpollLoop.WakeUp.cs): a Schedule from another thread then skips the eventfd write, so the spin looks at
+/// the work queue itself.
+/// </remarks>
+internal sealed unsafe partial class EpollLoop
+{
+    /// <summary>The spin window in <see cref="Stopwatch"/> ticks; 0 when spinning is off.</summary>
+    private readonly long _spinTicks;
+
+    /// <summary>The previous wait ended within the spin window, so the next one spins first.</summary>
+    private bool _spinHot;
+
+    /// <summary>
+    /// Waits for this turn's events: polls when work is ready, else spins (when hot) and then blocks until an event, a
+    /// wake-up or <paramref name="timeout"/>. Returns epoll_wait's result.
+    /// </summary>
+    private int WaitForEvents(byte* events, int timeout)
+    {
+        if (!_work.IsEmpty || _readAgain.Count != 0)
+        {
+            return Libc.Wait(_epollFd, events, MaxEventsPerWait, 0);
+        }
+
+        long start = 0;
+        if (_spinTicks != 0 && timeout != 0)
+        {
+            start = Stopwatch.GetTimestamp();
+            if (_spinHot && Spin(events, start, out int found))
+            {
+                return found;
+            }
+        }
+
+        // Publish "may sleep" before the last look at the queue: a Schedule that raced with us either sees
+        // Sleeping and writes the eventfd, or enqueued before our look and is seen here.
+        Interlocked.Exchange(ref _wakeState, Sleeping);
+        if (!_work.IsEmpty || _stopRequested)
+        {
+            timeout = 0;
+        }
+
+        int count = Libc.Wait(_epollFd, events, MaxEventsPerWait, timeout);
+        Volatile.Write(ref _wakeState, Awake);
+        if (start != 0)
+        {
+            // A wait that ended within the window (however it ended) means the next one is likely as short.
+            _spinHot = Stopwatch.GetTimestamp() - start <= _spinTicks;
+        }
+
+        return count;
+    }
+
+    /// <summary>
+    /// Polls epoll (zero timeout) and the work queue until something arrives or the window since
+    /// <paramref name="start"/> has passed. True with epoll_wait's result in <paramref name="count"/> (0 when it was
+    /// work or a stop that arrived); false when the window ran out, which turns spinning off.
+    /// </summary>
+    private bool Spin(byte* events, long start, out int count)
+    {
+        long deadline = start + _spinTicks;
+        LoopCounters counters = Counters;
+        do
+        {
+            if (!_work.IsEmpty || _stopRequested)
+            {
+                counters.SpinsFound++;
+                count = 0;
+                return true;
+            }
+
+            count = Libc.Wait(_epollFd, events, MaxEventsPerWait, 0);
+            if (count != 0)
+            {
+                // Events, or an error the caller reports as it does for a blocking wait.
+                counters.SpinsFound++;
+                return true;
+            }
+
+            counters.EpollWaits++;
+
+            // sched_yield(2): a thread that shares this CPU (the thread pool running the application, in the default
+            // scheduling) runs first, so the spin never delays the very work it waits for; alone, it returns at once.
+            Thread.Yield();
+        }
+        while (Stopwatch.GetTimestamp() < deadline);
+
+        counters.SpinsExpired++;
+        _spinHot = false;
+        return false;
+    }
+}
