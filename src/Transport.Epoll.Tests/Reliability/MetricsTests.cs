@@ -109,7 +109,8 @@ public sealed class MetricsTests(ITestOutputHelper output)
         long expectedBytes = (Total * (long)message.Length) + (ServerClosing * 3);
         Assert.Equal(expectedBytes, last.GetValueOrDefault("epoll.bytes.received"));
         Assert.Equal(expectedBytes, last.GetValueOrDefault("epoll.bytes.sent"));
-        Assert.True(last.GetValueOrDefault("epoll.syscalls.read") >= Total * 2, "reads: " + Dump(sums));
+        // At least one read per connection (a read takes up to 16 KiB, so the message and the FIN may come in one).
+        Assert.True(last.GetValueOrDefault("epoll.syscalls.read") >= Total, "reads: " + Dump(sums));
         Assert.True(last.GetValueOrDefault("epoll.syscalls.write") >= Total, "writes: " + Dump(sums));
         Assert.True(last.GetValueOrDefault("epoll.syscalls.epoll_wait") > 0, "epoll_wait: " + Dump(sums));
         Assert.True(last.GetValueOrDefault("epoll.events") >= Total, "events: " + Dump(sums));

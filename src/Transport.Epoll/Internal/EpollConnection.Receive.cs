@@ -9,12 +9,10 @@ internal sealed partial class EpollConnection
 {
     /// <summary>
     /// Reads per event before the loop moves on to other connections: one busy peer cannot starve the rest of its
-    /// loop. A connection that still has input after its budget reads again next turn.
+    /// loop. A connection that still has input after its budget reads again next turn. 4 reads of
+    /// <see cref="EpollLoop.ReceiveBufferSize"/> are 64 KiB per turn.
     /// </summary>
-    private const int ReadsPerTurn = 16;
-
-    /// <summary>Smallest buffer asked of the pipe per read; the pool's blocks are 4 KiB.</summary>
-    private const int MinimumReadSize = 2048;
+    private const int ReadsPerTurn = 4;
 
     private readonly Action _onFlushCompleted;
     // Kept in a field because its continuation is the loop-scheduled _onFlushCompleted; consumed exactly once there.
@@ -55,12 +53,13 @@ internal sealed partial class EpollConnection
                 return;
             }
 
-            Memory<byte> memory = writer.GetMemory(MinimumReadSize);
-            nint received;
-            using (MemoryHandle pin = memory.Pin())
-            {
-                received = Libc.ReadSocket(_fd, pin.Pointer, (nuint)memory.Length);
-            }
+            // Into the loop's buffer, then copied into the pipe: the pipe takes a block from the pool only for bytes that
+            // arrived, so a read that finds nothing (EAGAIN after a read that filled the buffer, or an edge whose bytes
+            // an earlier read already took) leaves no block rented, and an idle connection holds none. Sockets gets
+            // the same with a zero-byte read first. The copy is cheap beside the syscall, and one read takes up to
+            // ReceiveBufferSize bytes instead of what is left of one pool block.
+            byte* buffer = Loop.ReceiveBuffer;
+            nint received = Libc.ReadSocket(_fd, buffer, EpollLoop.ReceiveBufferSize);
 
             LoopCounters counters = Loop.Counters;
             counters.Reads++;
@@ -69,13 +68,13 @@ internal sealed partial class EpollConnection
             {
                 // A short read drained the socket: on Linux every new segment raises a new edge, so there is no
                 // need to read again only to see EAGAIN (one syscall saved per request).
-                if (received < memory.Length && !_finOrErrorPending)
+                if (received < EpollLoop.ReceiveBufferSize && !_finOrErrorPending)
                 {
                     _readable = false;
                     RearmIfFaultInjected();
                 }
 
-                writer.Advance((int)received);
+                writer.Write(new ReadOnlySpan<byte>(buffer, (int)received));
                 counters.BytesReceived += received;
                 _lastActivity = Loop.Now;
 #pragma warning disable CA2012 // consumed once: here when complete, else in OnInputFlushCompleted

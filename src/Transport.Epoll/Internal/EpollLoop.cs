@@ -27,6 +27,10 @@ internal sealed unsafe partial class EpollLoop : PipeScheduler, IDisposable
     /// syscalls per turn; 512 × 12 bytes stays in one or two pages.</summary>
     private const int MaxEventsPerWait = 512;
 
+    /// <summary>Bytes one read takes from a socket (see EpollConnection.Receive.cs): a quarter of a loopback segment
+    /// of 64 KiB, four pool blocks.</summary>
+    public const int ReceiveBufferSize = 16 * 1024;
+
     [ThreadStatic]
     private static EpollLoop? t_current;
 
@@ -112,6 +116,10 @@ internal sealed unsafe partial class EpollLoop : PipeScheduler, IDisposable
     /// </summary>
     public long Now { get; private set; } = Environment.TickCount64;
 
+    /// <summary>What this loop's reads read into before the bytes are copied into a connection's pipe, so that a pipe
+    /// holds pool blocks only for bytes received (<see cref="ReceiveBufferSize"/> bytes, while the thread runs).</summary>
+    public byte* ReceiveBuffer { get; private set; }
+
     /// <summary>The iovecs and pins of this loop's writev calls (sends happen only on this thread).</summary>
     public WriteScratch WriteScratch { get; } = new();
 
@@ -178,6 +186,7 @@ internal sealed unsafe partial class EpollLoop : PipeScheduler, IDisposable
     {
         t_current = this;
         byte* events = (byte*)NativeMemory.AlignedAlloc((nuint)(MaxEventsPerWait * EpollEvent.Size), 64);
+        ReceiveBuffer = (byte*)NativeMemory.AlignedAlloc(ReceiveBufferSize, 64);
         try
         {
             while (!_stopRequested)
@@ -210,6 +219,8 @@ internal sealed unsafe partial class EpollLoop : PipeScheduler, IDisposable
             RunLateWork();
 
             NativeMemory.AlignedFree(events);
+            NativeMemory.AlignedFree(ReceiveBuffer);
+            ReceiveBuffer = null;
             WriteScratch.Dispose();
             Context.Metrics.RemoveLoop(Counters);
             Context.Metrics.RemoveLoop(FlusherCounters);
