@@ -22,8 +22,14 @@ internal sealed unsafe partial class EpollLoop
     /// <summary>The spin window in <see cref="Stopwatch"/> ticks; 0 when spinning is off.</summary>
     private readonly long _spinTicks;
 
+    /// <summary>How long spinning stays off after a spin lost its core (milliseconds).</summary>
+    private const long SpinBackOffMs = 100;
+
     /// <summary>The previous wait ended within the spin window, so the next one spins first.</summary>
     private bool _spinHot;
+
+    /// <summary>No spinning before this <see cref="Now"/>: a recent spin lost its core to another thread.</summary>
+    private long _spinBackOffUntil;
 
     /// <summary>
     /// Waits for this turn's events: polls when work is ready, else spins (when hot) and then blocks until an event, a
@@ -40,7 +46,7 @@ internal sealed unsafe partial class EpollLoop
         if (_spinTicks != 0 && timeout != 0)
         {
             start = Stopwatch.GetTimestamp();
-            if (_spinHot && Spin(events, start, out int found))
+            if (_spinHot && Now >= _spinBackOffUntil && Spin(events, start, out int found))
             {
                 return found;
             }
@@ -73,8 +79,9 @@ internal sealed unsafe partial class EpollLoop
     private bool Spin(byte* events, long start, out int count)
     {
         long deadline = start + _spinTicks;
+        bool lostCore = false;
         LoopCounters counters = Counters;
-        do
+        while (true)
         {
             if (!_work.IsEmpty || _stopRequested)
             {
@@ -92,12 +99,26 @@ internal sealed unsafe partial class EpollLoop
             }
 
             counters.EpollWaits++;
+            if (lostCore)
+            {
+                // The last yield took longer than the whole window and brought nothing: another process ran on this
+                // core for its time slice. Where the core is shared like that, each yield can cost milliseconds,
+                // while a loop blocked in epoll_wait is woken ahead of such threads: no spinning for a while.
+                _spinBackOffUntil = Environment.TickCount64 + SpinBackOffMs;
+                break;
+            }
+
+            long beforeYield = Stopwatch.GetTimestamp();
+            if (beforeYield >= deadline)
+            {
+                break;
+            }
 
             // sched_yield(2): a thread that shares this CPU (the thread pool running the application, in the default
             // scheduling) runs first, so the spin never delays the very work it waits for; alone, it returns at once.
             Thread.Yield();
+            lostCore = Stopwatch.GetTimestamp() - beforeYield > _spinTicks;
         }
-        while (Stopwatch.GetTimestamp() < deadline);
 
         counters.SpinsExpired++;
         _spinHot = false;
