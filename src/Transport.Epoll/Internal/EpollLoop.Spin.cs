@@ -25,6 +25,10 @@ internal sealed unsafe partial class EpollLoop
     /// <summary>How long spinning stays off after a spin lost its core (milliseconds).</summary>
     private const long SpinBackOffMs = 100;
 
+    /// <summary>A yield that took this long gave the core to another process for a time slice; shorter ones are a
+    /// kernel thread's or the runtime's brief work (Stopwatch ticks of 1 ms).</summary>
+    private static readonly long s_lostCoreTicks = Stopwatch.Frequency / 1000;
+
     /// <summary>The previous wait ended within the spin window, so the next one spins first.</summary>
     private bool _spinHot;
 
@@ -101,8 +105,8 @@ internal sealed unsafe partial class EpollLoop
             counters.EpollWaits++;
             if (lostCore)
             {
-                // The last yield took longer than the whole window and brought nothing: another process ran on this
-                // core for its time slice. Where the core is shared like that, each yield can cost milliseconds,
+                // The last yield took over a millisecond and brought nothing: another process ran on this core for
+                // its time slice. Where the core is shared like that, each yield can cost milliseconds,
                 // while a loop blocked in epoll_wait is woken ahead of such threads: no spinning for a while.
                 _spinBackOffUntil = Environment.TickCount64 + SpinBackOffMs;
                 break;
@@ -117,7 +121,7 @@ internal sealed unsafe partial class EpollLoop
             // sched_yield(2): a thread that shares this CPU (the thread pool running the application, in the default
             // scheduling) runs first, so the spin never delays the very work it waits for; alone, it returns at once.
             Thread.Yield();
-            lostCore = Stopwatch.GetTimestamp() - beforeYield > _spinTicks;
+            lostCore = Stopwatch.GetTimestamp() - beforeYield > s_lostCoreTicks;
         }
 
         counters.SpinsExpired++;
