@@ -106,7 +106,7 @@ public sealed class SpinBeforeWaitTests(ITestOutputHelper output)
         Assert.True(found > 100, $"only {found} of {exchanges} back-to-back exchanges were caught by a spin");
 
         // Idle, connection open: the last spin ends 1 ms after the last exchange at most; then the loop blocks.
-        await Task.Delay(100);
+        Assert.True(await Poll.UntilAsync(() => IsBlocked(tid)), "the loop thread never blocked after the exchanges stopped");
         TimeSpan idle = await LoopCpuOver(tid, TimeSpan.FromSeconds(1));
         output.WriteLine($"loop CPU over 1 s idle: {idle.TotalMilliseconds:0.###} ms");
         Assert.True(idle < TimeSpan.FromMilliseconds(20), $"the idle loop used {idle.TotalMilliseconds:0.#} ms of CPU in 1 s");
@@ -118,7 +118,7 @@ public sealed class SpinBeforeWaitTests(ITestOutputHelper output)
         await using var server = await StartEchoWithThreadId(LongestSpin);
         using var socket = await Client.ConnectAsync(server.EndPoint);
         int tid = await LoopThreadId(socket);
-        await Task.Delay(50);
+        Assert.True(await Poll.UntilAsync(() => IsBlocked(tid)), "the loop thread never blocked after the first exchange");
 
         const int Requests = 20;
         var before = await TransportMetrics.CollectAsync(server);
@@ -139,6 +139,14 @@ public sealed class SpinBeforeWaitTests(ITestOutputHelper output)
         // in the turn that read the request). Allow one for a stray short wait.
         Assert.True(spins <= 1, $"{spins} spins for {Requests} sparse exchanges");
         Assert.True(cpu < TimeSpan.FromMilliseconds(Requests * 2), $"the loop used {cpu.TotalMilliseconds:0.#} ms for {Requests} sparse exchanges");
+    }
+
+    /// <summary>Whether the thread <paramref name="tid"/> of this process sleeps in the kernel (state S in
+    /// /proc/self/task/TID/stat, proc(5)): for a loop thread, blocked in epoll_wait, its spin over.</summary>
+    private static bool IsBlocked(int tid)
+    {
+        string stat = File.ReadAllText($"/proc/self/task/{tid}/stat");
+        return stat[(stat.LastIndexOf(')') + 2)..].StartsWith('S');
     }
 
     /// <summary>A raw echo server, inline on its one loop, that answers "tid" with the OS id of the thread it runs on.</summary>
