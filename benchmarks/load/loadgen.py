@@ -26,6 +26,8 @@ class Load:
     unit: str = "req/s"
     cost_unit: str = "µs/req"  # server CPU per unit of work
     http: bool = True
+    h2c: bool = False  # HTTP/2 with prior knowledge, on the sample's --Http2Port (h2load only)
+    streams: int = 1  # requests in flight per connection (h2load -m)
 
 
 LOADS = [
@@ -37,6 +39,7 @@ LOADS = [
     Load("pipelined256", "wrk plaintext, pipelined 16 deep, 256 connections", "wrk", 256, pipeline=16),
     Load("json64", "wrk JSON, 64 connections", "wrk", 64, path="/json"),
     Load("h2load64", "h2load --h1 plaintext, 64 connections", "h2load", 64),
+    Load("h2c64", "h2load h2c plaintext, 64 connections, 10 streams each", "h2load", 64, h2c=True, streams=10),
     Load("echo", "raw TCP echo, 64 connections ping-pong of 64 B", "pingpong", 64,
          unit="round trips/s", cost_unit="µs/round trip", http=False),
     Load("bulk", "raw TCP echo, 4 connections streaming 64 KiB writes", "bulk", 4,
@@ -81,8 +84,10 @@ def fmt_secs(s: float) -> str:
     return f"{max(1, round(s))}s"  # wrk takes whole seconds only
 
 
-def command(load: Load, http_port: int, echo_port: int, seconds: float, client_cpu: int, lua: Path) -> list:
-    """The load generator's command line for one run of seconds, pinned to client_cpu."""
+def command(load: Load, server, seconds: float, client_cpu: int, lua: Path) -> list:
+    """The load generator's command line for one run of seconds against server (its http_port, echo_port and
+    http2_port), pinned to client_cpu."""
+    http_port, echo_port = server.http_port, server.echo_port
     pin = ["taskset", "-c", str(client_cpu)]
     if load.tool == "wrk":
         cmd = pin + ["wrk", "-t1", f"-c{load.conns}", "-d", fmt_secs(seconds), "--latency", "--timeout", "2s"]
@@ -93,9 +98,12 @@ def command(load: Load, http_port: int, echo_port: int, seconds: float, client_c
             cmd += ["--", str(load.pipeline)]
         return cmd
     if load.tool == "h2load":
-        # h2load takes whole seconds in -D here; the window is rounded up to at least 1 s.
-        return pin + ["h2load", "--h1", f"-c{load.conns}", "-t1", "-m1", "-D", str(max(1, round(seconds))),
-                      f"http://{HOST}:{http_port}{load.path}"]
+        # h2load takes whole seconds in -D here; the window is rounded up to at least 1 s. Without --h1 and with an
+        # http:// URI h2load speaks HTTP/2 with prior knowledge (h2c), which the sample serves on its Http2Port only.
+        protocol = [] if load.h2c else ["--h1"]
+        port = server.http2_port if load.h2c else http_port
+        return pin + ["h2load"] + protocol + [f"-c{load.conns}", "-t1", f"-m{load.streams}", "-D",
+                                              str(max(1, round(seconds))), f"http://{HOST}:{port}{load.path}"]
     if load.tool in ("pingpong", "bulk"):
         size = ECHO_MSG_BYTES if load.tool == "pingpong" else BULK_CHUNK_BYTES
         return pin + [str(TCPLOAD), load.tool, HOST, str(echo_port), str(load.conns), str(size), f"{seconds:g}"]

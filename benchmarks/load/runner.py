@@ -45,7 +45,7 @@ class Runner:
 
     # One sample: a warm-up run, then the measured run with the CPU accounting around it.
     def command(self, load: Load, server, seconds: float) -> list:
-        return loadgen.command(load, server.http_port, server.echo_port, seconds, self.args.client_cpu, self.lua)
+        return loadgen.command(load, server, seconds, self.args.client_cpu, self.lua)
 
     def run_load(self, load: Load, server, warmup: float, window: float) -> dict:
         if warmup > 0:
@@ -174,13 +174,16 @@ class Runner:
 
     @staticmethod
     def warm_key(load: Load) -> str:
-        """The server code path a load exercises: its HTTP path, or the raw echo handler."""
-        return load.path if load.http else "echo"
+        """The server code path a load exercises: its HTTP path (over HTTP/2: another path through Kestrel), or the
+        raw echo handler."""
+        if not load.http:
+            return "echo"
+        return "h2c:" + load.path if load.h2c else load.path
 
     def variant_loads(self, variant: Variant) -> list:
         """The measured loads (not idle memory) a variant runs: nginx runs the HTTP ones only."""
         return [l for l in self.loads if l.tool != "idle"
-                and (variant.kind == "dotnet" or (l.http and l.tool in ("wrk", "h2load")))]
+                and (variant.kind == "dotnet" or (l.http and not l.h2c and l.tool in ("wrk", "h2load")))]
 
     def session_warmup_plan(self, variant: Variant) -> list:
         """What a server runs once after it starts: (load, seconds). .NET servers need long: the JIT's tiering (tier 0,

@@ -164,6 +164,7 @@ class NginxServer(sample.Service):
                          name=name)
         self.http_port = port
         self.echo_port = -1
+        self.http2_port = -1  # h2c loads are not run against nginx
 
     def wait_ready(self, deadline_s: float = 30.0) -> None:
         try:
@@ -182,5 +183,5 @@ def create(variant: Variant, echo: bool, cpu: int, workdir: Path, log_path: Path
     app = Path(variant.app_dir) if variant.app_dir else AOT_DIR if variant.aot else APP_DIR
     return sample.SampleServer(app, list(variant.args) + list(extra_args),
                                env=variant.env, cpu=cpu, log_path=log_path, echo_port=0 if echo else -1,
-                               http2_port=-1, name=variant.name, cwd=str(workdir),
+                               http2_port=0, name=variant.name, cwd=str(workdir),
                                expect_transport=variant.transport)
