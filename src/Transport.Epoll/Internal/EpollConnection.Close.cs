@@ -23,11 +23,21 @@ internal sealed partial class EpollConnection
     private static readonly Action<object?> s_disposeOnLoop = static state => ((EpollConnection)state!).DisposeOnLoop();
 
     private readonly CancellationTokenSource _connectionClosedTokenSource = new();
-    private readonly TaskCompletionSource _fdClosed = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    /// <summary>Completes when both <see cref="CloseStep"/>s happened: the fd is closed and ConnectionClosed's callbacks
+    /// returned. One task for both (each is waited on only after the fd closed): one object less per connection.</summary>
+    private readonly TaskCompletionSource _closedAndCallbacksDone = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private int _closeSteps;
     private EpollCloseReason _closeReason;
     private Exception? _closeError;
     private int _connectionClosedFired;
-    private readonly TaskCompletionSource _connectionClosedCallbacksDone = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    [Flags]
+    private enum CloseStep
+    {
+        FdClosed = 1,
+        ConnectionClosedCallbacksDone = 2,
+        All = FdClosed | ConnectionClosedCallbacksDone,
+    }
 
     public override CancellationToken ConnectionClosed
     {
@@ -53,18 +63,16 @@ internal sealed partial class EpollConnection
     public override async ValueTask DisposeAsync()
     {
         // Complete the application's ends of the original pipes (middleware may have replaced Transport).
-        await _originalTransport.Input.CompleteAsync().ConfigureAwait(false);
-        await _originalTransport.Output.CompleteAsync().ConfigureAwait(false);
+        await OriginalTransport.Input.CompleteAsync().ConfigureAwait(false);
+        await OriginalTransport.Output.CompleteAsync().ConfigureAwait(false);
         Loop.Schedule(s_disposeOnLoop, this);
 
         // The loop closes the fd once the buffered output is sent, and aborts if that takes longer than the drain
         // timeout (see DisposeOnLoop), so this wait is bounded without a timer per connection. A loop that stopped
-        // closed its connections as it stopped.
-        await _fdClosed.Task.ConfigureAwait(false);
-
-        // Closing the fd queued the ConnectionClosed cancellation on the thread pool: let its callbacks run before
-        // the token source goes away, or they would be lost (Cancel on a disposed source throws and runs nothing).
-        await _connectionClosedCallbacksDone.Task.ConfigureAwait(false);
+        // closed its connections as it stopped. Closing the fd queued the ConnectionClosed cancellation on the thread
+        // pool: its callbacks must also have run before the token source goes away, or they would be lost (Cancel on
+        // a disposed source throws and runs nothing).
+        await _closedAndCallbacksDone.Task.ConfigureAwait(false);
 
         _connectionClosedTokenSource.Dispose();
         await base.DisposeAsync().ConfigureAwait(false);
@@ -124,7 +132,7 @@ internal sealed partial class EpollConnection
         IgnoreFailure(static (c, e) => c._input.Writer.Complete(e), reason);
         IgnoreFailure(static (c, _) => c._output.Reader.Complete(), reason);
         FireConnectionClosed();
-        _fdClosed.TrySetResult();
+        Done(CloseStep.FdClosed);
     }
 
     private void IgnoreFailure(Action<EpollConnection, Exception> step, Exception reason)
@@ -310,7 +318,7 @@ internal sealed partial class EpollConnection
         _context.Metrics.ConnectionClosed(_closeReason);
         EpollLog.ConnectionClosed(_logger, ConnectionId, _closeReason);
         FireConnectionClosed();
-        _fdClosed.TrySetResult();
+        Done(CloseStep.FdClosed);
     }
 
     private void FireConnectionClosed()
@@ -335,8 +343,17 @@ internal sealed partial class EpollConnection
             finally
             {
                 // A callback that throws must not keep DisposeAsync waiting (Cancel rethrows callbacks' exceptions).
-                state._connectionClosedCallbacksDone.TrySetResult();
+                state.Done(CloseStep.ConnectionClosedCallbacksDone);
             }
         }, this, preferLocal: false);
+    }
+
+    private void Done(CloseStep step)
+    {
+        int before = Interlocked.Or(ref _closeSteps, (int)step);
+        if ((before | (int)step) == (int)CloseStep.All && before != (int)CloseStep.All)
+        {
+            _closedAndCallbacksDone.TrySetResult();
+        }
     }
 }

@@ -52,7 +52,8 @@ internal sealed partial class EpollConnection :
         {
             ArgumentNullException.ThrowIfNull(key);
             _featureRevision++;
-            _extraFeatures ??= new List<KeyValuePair<Type, object>>(8);
+            // Kestrel adds up to four features to a connection: room for four, not more (idle connections count).
+            _extraFeatures ??= new List<KeyValuePair<Type, object>>(4);
             for (int i = 0; i < _extraFeatures.Count; i++)
             {
                 if (_extraFeatures[i].Key == key)

@@ -14,7 +14,8 @@ internal sealed partial class EpollConnection
     /// </summary>
     private const int ReadsPerTurn = 4;
 
-    private readonly Action _onFlushCompleted;
+    /// <summary>Made at the first paused flush: most connections never fill MaxReadBufferSize (idle ones count).</summary>
+    private Action? _onFlushCompleted;
     // Kept in a field because its continuation is the loop-scheduled _onFlushCompleted; consumed exactly once there.
 #pragma warning disable CA2012
     private ValueTask<FlushResult> _flushTask;
@@ -84,7 +85,7 @@ internal sealed partial class EpollConnection
                 {
                     // Over MaxReadBufferSize: stop reading. The kernel's receive window now pushes back on the peer.
                     _receiveState = ReceiveState.Paused;
-                    _flushTask.GetAwaiter().UnsafeOnCompleted(_onFlushCompleted);
+                    _flushTask.GetAwaiter().UnsafeOnCompleted(_onFlushCompleted ??= OnInputFlushCompleted);
                     return;
                 }
 

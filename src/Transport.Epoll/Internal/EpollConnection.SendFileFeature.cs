@@ -25,7 +25,7 @@ internal sealed partial class EpollConnection
     /// <summary>The loop's side of SendFileAsync, made at the first job (most connections never send a file).</summary>
     private FileSender? _files;
 
-    public bool IsSendFileAvailable => _context.Options.EnableSendFile && ReferenceEquals(Transport, _originalTransport) && FileDescriptor >= 0;
+    public bool IsSendFileAvailable => _context.Options.EnableSendFile && ReferenceEquals(Transport, OriginalTransport) && FileDescriptor >= 0;
 
     public Task SendFileAsync(SafeFileHandle file, long offset, long count, CancellationToken cancellationToken = default)
     {

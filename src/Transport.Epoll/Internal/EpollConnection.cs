@@ -14,7 +14,7 @@ namespace Transport.Epoll.Internal;
 /// and the close (<c>EpollConnection.Close.cs</c>); its states are in <c>EpollConnection.Lifecycle.cs</c>. Calls from other threads (Abort, DisposeAsync) are handed to
 /// the loop; they carry this object, whose fd is -1 once closed, so late work never reaches the fd's next owner.
 /// </summary>
-internal sealed partial class EpollConnection : ConnectionContext, IEpollHandler
+internal sealed partial class EpollConnection : ConnectionContext, IEpollHandler, IDuplexPipe
 {
     /// <summary>Registered once for the connection's life, edge-triggered: backpressure and partial writes then need no
     /// epoll_ctl at all (readiness is remembered in flags, see <see cref="OnEvents"/>).</summary>
@@ -24,7 +24,6 @@ internal sealed partial class EpollConnection : ConnectionContext, IEpollHandler
     private readonly ILogger _logger;
     private readonly Pipe _input;
     private readonly Pipe _output;
-    private readonly DuplexPipe _originalTransport;
     private int _fd;
     private string? _connectionId;
     private IDictionary<object, object?>? _items;
@@ -51,20 +50,12 @@ internal sealed partial class EpollConnection : ConnectionContext, IEpollHandler
             _flushingThread = new FlushingThreadSender(this);
         }
 
-        // Input: the loop writes, the application reads. The writer's continuation (resume reading after
-        // backpressure) runs on the loop; the reader's on the thread pool or, with inline scheduling, on the loop.
-        long maxRead = _context.MaxReadBufferSize;
-        _input = new Pipe(new PipeOptions(
-            MemoryPool,
-            readerScheduler: _context.ApplicationScheduler,
-            writerScheduler: loop,
-            pauseWriterThreshold: maxRead,
-            resumeWriterThreshold: maxRead / 2,
-            useSynchronizationContext: false));
+        _input = new Pipe(loop.InputPipeOptions);
 
         // Output: the application writes, the loop reads. Scheduling the reader on the loop is what defers sends
         // to the end of the loop's turn, so responses produced together leave in one writev. A flush from another
-        // thread sends right there when it can (FlushingThreadSender).
+        // thread sends right there when it can (FlushingThreadSender): that scheduler is the connection's own, so
+        // unlike the input's these options cannot be shared by the loop's connections.
         long maxWrite = _context.MaxWriteBufferSize;
         _output = new Pipe(new PipeOptions(
             MemoryPool,
@@ -74,9 +65,8 @@ internal sealed partial class EpollConnection : ConnectionContext, IEpollHandler
             resumeWriterThreshold: maxWrite / 2,
             useSynchronizationContext: false));
 
-        _originalTransport = new DuplexPipe(_input.Reader, _output.Writer);
-        Transport = _originalTransport;
-        _onFlushCompleted = OnInputFlushCompleted;
+        // The connection is its own original duplex pipe: one object less per connection (idle connections count).
+        Transport = this;
         _onOutputReadable = OnOutputReadable;
     }
 
@@ -117,6 +107,13 @@ internal sealed partial class EpollConnection : ConnectionContext, IEpollHandler
     public override EndPoint? LocalEndPoint { get; set; }
 
     public override EndPoint? RemoteEndPoint { get; set; }
+
+    /// <summary>The transport's own pipe ends, whatever middleware put in <see cref="Transport"/> since.</summary>
+    private IDuplexPipe OriginalTransport => this;
+
+    PipeReader IDuplexPipe.Input => _input.Reader;
+
+    PipeWriter IDuplexPipe.Output => _output.Writer;
 
     /// <summary>Starts the send side; the receive side starts with the first EPOLLIN.</summary>
     public void Start()
@@ -178,12 +175,5 @@ internal sealed partial class EpollConnection : ConnectionContext, IEpollHandler
             _sendState = SendState.Sending;
             ReadOutput();
         }
-    }
-
-    private sealed class DuplexPipe(PipeReader input, PipeWriter output) : IDuplexPipe
-    {
-        public PipeReader Input { get; } = input;
-
-        public PipeWriter Output { get; } = output;
     }
 }

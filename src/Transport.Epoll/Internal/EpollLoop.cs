@@ -59,6 +59,18 @@ internal sealed unsafe partial class EpollLoop : PipeScheduler, IDisposable
         MemoryPool = context.CreateMemoryPool();
         Counters = context.Metrics.AddLoop();
         FlusherCounters = context.Metrics.AddLoop();
+
+        // Input pipes: the loop writes, the application reads. The writer's continuation (resume reading after
+        // backpressure) runs on the loop; the reader's on the thread pool or, with inline scheduling, on the loop.
+        // Nothing in them is the connection's own, so the loop's connections share one instance.
+        long maxRead = context.MaxReadBufferSize;
+        InputPipeOptions = new PipeOptions(
+            MemoryPool,
+            readerScheduler: context.ApplicationScheduler,
+            writerScheduler: this,
+            pauseWriterThreshold: maxRead,
+            resumeWriterThreshold: maxRead / 2,
+            useSynchronizationContext: false);
         _idleTimeoutMs = (long)(context.Options.IdleTimeout?.TotalMilliseconds ?? 0);
         _idleScanIntervalMs = Math.Clamp(_idleTimeoutMs / 8, 1, 1000);
         _spinTicks = (long)(context.Options.SpinBeforeWait.TotalSeconds * Stopwatch.Frequency);
@@ -103,6 +115,9 @@ internal sealed unsafe partial class EpollLoop : PipeScheduler, IDisposable
 
     /// <summary>This loop's pinned memory pool: pipes of its connections rent from it.</summary>
     public System.Buffers.MemoryPool<byte> MemoryPool { get; }
+
+    /// <summary>The options of every input pipe of this loop's connections.</summary>
+    public PipeOptions InputPipeOptions { get; }
 
     /// <summary>This loop's syscall and byte counts (written only by this thread).</summary>
     public LoopCounters Counters { get; }
