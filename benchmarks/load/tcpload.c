@@ -7,6 +7,12 @@
  *   tcpload bulk HOST PORT CONNS CHUNK_BYTES SECONDS
  *       CONNS connections; each writes CHUNK_BYTES writes as fast as the socket takes them and reads
  *       whatever comes back. Reports the echoed bytes per second (one direction; as many go the other way).
+ *   tcpload fanout HOST PORT CONNS MSG_BYTES SECONDS
+ *       The sample's chat port: CONNS connections read their "id <hex>" line; the first one sends
+ *       "say <text>" lines sized so that each delivered line ("<hex id>: <text>\n") is MSG_BYTES long,
+ *       keeping at most FANOUT_WINDOW broadcasts in flight (a broadcast is done when every other
+ *       connection received its line). Reports lines delivered per second (ops) and checks that every
+ *       line is whole and from the sender.
  *   tcpload idle HOST PORT CONNS MAX_HOLD_SECONDS
  *       Opens CONNS connections that send nothing, prints "connected N" on stdout, then holds them
  *       until a line (or end of file) arrives on stdin, or MAX_HOLD_SECONDS pass; then checks which are
@@ -289,10 +295,152 @@ static int run_idle(int conns, double max_hold)
     return opened == 0 ? 3 : 0;
 }
 
+/* ---- fanout: broadcasts through the sample's chat port ---- */
+
+#define FANOUT_WINDOW 16
+
+struct reader {
+    int fd;
+    int dead;
+    size_t len;          /* bytes of the current line so far */
+    uint64_t lines;      /* lines received after the id line */
+    char line[512];
+};
+
+/* Reads the whole "id <hex>\n" line, blocking-ish (poll, bounded): the first line the server sends. */
+static int read_id_line(int fd, char *out, size_t cap)
+{
+    size_t len = 0;
+    double deadline = now() + 10.0;
+    while (now() < deadline) {
+        struct pollfd p = { .fd = fd, .events = POLLIN };
+        if (poll(&p, 1, 100) <= 0) continue;
+        ssize_t r = recv(fd, out + len, 1, 0); /* byte by byte: nothing after the id line may be swallowed */
+        if (r <= 0) {
+            if (r < 0 && (errno == EAGAIN || errno == EINTR)) continue;
+            return -1;
+        }
+        if (out[len] == '\n') {
+            out[len] = 0;
+            return strncmp(out, "id ", 3) == 0 ? 0 : -1;
+        }
+        if (++len >= cap - 1) return -1;
+    }
+    return -1;
+}
+
+static int run_fanout(int conns, size_t msg, double seconds)
+{
+    if (conns < 2) {
+        fprintf(stderr, "tcpload: fanout needs at least 2 connections\n");
+        return 2;
+    }
+    struct reader *c = calloc((size_t)conns, sizeof *c);
+    int ep = epoll_create1(EPOLL_CLOEXEC);
+    int opened = 0, errors = 0, closed = 0, bad_lines = 0;
+    char sender_id[128] = "";
+    for (int i = 0; i < conns; i++) {
+        c[i].fd = open_conn(1, 1);
+        char idline[128];
+        if (c[i].fd < 0 || read_id_line(c[i].fd, idline, sizeof idline) != 0) {
+            if (c[i].fd >= 0) close(c[i].fd);
+            c[i].fd = -1;
+            c[i].dead = 1;
+            errors++;
+            continue;
+        }
+        if (i == 0) snprintf(sender_id, sizeof sender_id, "%s", idline + 3);
+        opened++;
+        struct epoll_event ev = { .events = EPOLLIN, .data.u32 = (uint32_t)i };
+        epoll_ctl(ep, EPOLL_CTL_ADD, c[i].fd, &ev);
+    }
+    if (c[0].dead || opened < 2) {
+        printf("{\"mode\":\"fanout\",\"error\":\"no connection\",\"connect_errors\":%d}\n", errors);
+        return 3;
+    }
+    /* The delivered line is "<sender id>: <text>\n", MSG_BYTES long. */
+    size_t prefix = strlen(sender_id) + 2;
+    size_t text_len = msg > prefix + 2 ? msg - prefix - 1 : 1;
+    char expect[512];
+    if (prefix + text_len + 1 >= sizeof expect) {
+        fprintf(stderr, "tcpload: fanout MSG_BYTES too large\n");
+        return 2;
+    }
+    snprintf(expect, sizeof expect, "%s: ", sender_id);
+    memset(expect + prefix, 'x', text_len);
+    expect[prefix + text_len] = 0;
+    char say[600];
+    int say_len = snprintf(say, sizeof say, "say %s\n", expect + prefix);
+    uint64_t receivers = 0;
+    for (int i = 1; i < conns; i++) if (!c[i].dead) receivers++;
+
+    uint64_t done_count[FANOUT_WINDOW] = { 0 };
+    uint64_t sent = 0, completed = 0, delivered = 0;
+    double start = now(), end = start + seconds;
+    char in[65536];
+    struct epoll_event evs[256];
+    while (now() < end) {
+        while (sent < completed + FANOUT_WINDOW) {
+            if (send(c[0].fd, say, (size_t)say_len, MSG_NOSIGNAL) != say_len) { errors++; goto out; }
+            sent++;
+        }
+        int n = epoll_wait(ep, evs, 256, 100);
+        for (int k = 0; k < n; k++) {
+            int i = (int)evs[k].data.u32;
+            struct reader *x = &c[i];
+            if (x->dead) continue;
+            for (;;) {
+                ssize_t r = recv(x->fd, in, sizeof in, 0);
+                if (r <= 0) {
+                    if (r < 0 && (errno == EAGAIN || errno == EINTR)) break;
+                    x->dead = 1;
+                    if (r == 0) closed++; else errors++;
+                    epoll_ctl(ep, EPOLL_CTL_DEL, x->fd, NULL);
+                    if (i == 0) goto out;
+                    break;
+                }
+                if (i == 0) continue; /* the sender gets nothing back for "say"; ignore whatever comes */
+                for (ssize_t b = 0; b < r; b++) {
+                    if (in[b] != '\n') {
+                        if (x->len < sizeof x->line - 1) x->line[x->len] = in[b];
+                        x->len++;
+                        continue;
+                    }
+                    /* A whole line: must be exactly the broadcast, never torn or another's. */
+                    if (x->len != prefix + text_len || memcmp(x->line, expect, x->len) != 0) bad_lines++;
+                    x->len = 0;
+                    uint64_t m = x->lines++;
+                    delivered++;
+                    if (m < completed || m >= sent) { bad_lines++; continue; }
+                    if (++done_count[m % FANOUT_WINDOW] == receivers) {
+                        done_count[m % FANOUT_WINDOW] = 0;
+                        /* Lines arrive in order per connection, so broadcasts complete in order. */
+                        completed++;
+                    }
+                }
+                if (r < (ssize_t)sizeof in) break;
+            }
+        }
+    }
+out:;
+    double elapsed = now() - start;
+    int alive = 0;
+    for (int i = 0; i < conns; i++) {
+        if (!c[i].dead) alive++;
+        if (c[i].fd >= 0) close(c[i].fd);
+    }
+    printf("{\"mode\":\"fanout\",\"conns\":%d,\"opened\":%d,\"alive_at_end\":%d,\"msg_bytes\":%zu,"
+           "\"seconds\":%.4f,\"ops\":%llu,\"rate\":%.1f,\"broadcasts\":%llu,\"bad_lines\":%d,"
+           "\"errors\":%d,\"closed_by_server\":%d}\n",
+           conns, opened, alive, prefix + text_len + 1, elapsed, (unsigned long long)delivered,
+           (double)delivered / elapsed, (unsigned long long)completed, bad_lines, errors + bad_lines, closed);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 6) {
-        fprintf(stderr, "usage: tcpload pingpong|bulk HOST PORT CONNS BYTES SECONDS | tcpload idle HOST PORT CONNS MAX_HOLD_SECONDS\n");
+        fprintf(stderr, "usage: tcpload pingpong|bulk|fanout HOST PORT CONNS BYTES SECONDS | tcpload idle HOST PORT CONNS MAX_HOLD_SECONDS\n");
         return 2;
     }
     const char *mode = argv[1];
@@ -328,6 +476,7 @@ int main(int argc, char **argv)
     alarm((unsigned)seconds + 30);
     if (strcmp(mode, "pingpong") == 0) return run_pingpong(conns, bytes, seconds);
     if (strcmp(mode, "bulk") == 0) return run_bulk(conns, bytes, seconds);
+    if (strcmp(mode, "fanout") == 0) return run_fanout(conns, bytes, seconds);
     fprintf(stderr, "tcpload: unknown mode %s\n", mode);
     return 2;
 }
