@@ -56,6 +56,21 @@ public sealed class EpollTransportOptions
     public EpollAcceptDistribution AcceptDistribution { get; set; } = EpollAcceptDistribution.Exclusive;
 
     /// <summary>
+    /// Lets other processes of the same user that also set this option listen on the same TCP port
+    /// (<c>SO_REUSEPORT</c> on every listening socket, and no check that the port is free): a new version of the app
+    /// starts on the port while the old one still serves, then the old one stops (zero-downtime restart). The kernel
+    /// spreads new connections over every process on the port. When a process stops, what happens to connections
+    /// waiting in its accept queue depends on <c>net.ipv4.tcp_migrate_req</c>: 1 moves them to another process on the
+    /// port; with 0 the transport accepts what is queued before it closes the listener (see docs/DEPLOYMENT.md).
+    /// </summary>
+    /// <remarks>Defaults to <see langword="false"/>: a port that another socket holds fails start with
+    /// <c>AddressInUseException</c>, whatever <see cref="AcceptDistribution"/> is. The kernel only knows
+    /// <c>SO_REUSEPORT</c>, not this option: a process with <see cref="EpollAcceptDistribution.ReusePort"/> already has
+    /// it on its sockets, so one with this option can join it although it did not opt in. Not used for Unix sockets
+    /// and handed-over fds (<c>ListenHandle</c>): a handed-over fd is already shared by whoever holds it.</remarks>
+    public bool AllowPortSharing { get; set; }
+
+    /// <summary>
     /// The most accepted connections that wait for the server to take them. When the application is not taking
     /// connections, the loops stop accepting and the kernel's backlog holds the rest.
     /// </summary>

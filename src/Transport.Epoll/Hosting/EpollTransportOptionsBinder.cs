@@ -22,6 +22,7 @@ internal static class EpollTransportOptionsBinder
             "one of " + string.Join(", ", Enum.GetNames<EpollAcceptDistribution>()),
             static value => Enum.TryParse<EpollAcceptDistribution>(value, ignoreCase: true, out var parsed) && Enum.IsDefined(parsed)),
         [nameof(EpollTransportOptions.MaxPendingAccepts)] = Integer(),
+        [nameof(EpollTransportOptions.AllowPortSharing)] = Boolean(),
         [nameof(EpollTransportOptions.UnsafePreferInlineScheduling)] = Boolean(),
         [nameof(EpollTransportOptions.SendOnFlushingThread)] = Boolean(),
         [nameof(EpollTransportOptions.EnableSendFile)] = Boolean(),

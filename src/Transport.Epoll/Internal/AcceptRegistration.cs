@@ -17,6 +17,10 @@ internal sealed unsafe class AcceptRegistration : IEpollHandler
     private const int PausedRecheckMs = 50;
     private const int MaxBackOffMs = 1000;
 
+    /// <summary>The kernel caps a listen queue at net.core.somaxconn (4096 by default since Linux 5.4); twice that
+    /// covers the handshakes that complete while the drain runs.</summary>
+    private const int MaxDrainedPerSocket = 8192;
+
     private readonly EpollConnectionListener _listener;
     private readonly ListenSocket _socket;
     private readonly uint _interest;
@@ -157,6 +161,46 @@ internal sealed unsafe class AcceptRegistration : IEpollHandler
     }
 
     public void OnLoopStopping() => Remove();
+
+    /// <summary>Connections <see cref="DrainAndRemove"/> accepted (read after the unbind's wait, for the log).</summary>
+    public int Drained { get; private set; }
+
+    /// <summary>
+    /// Unbind of a shared port without tcp_migrate_req, on the loop's thread: accepts what the kernel already queued
+    /// on the socket (the listener still hands them to Kestrel), then leaves the epoll set like
+    /// <see cref="Remove"/>; the last loop out closes the fd right after its last accept4 returned EAGAIN.
+    /// Bounded: a flood of SYNs cannot keep the loop here; what is left after the bound is reset by the close.
+    /// </summary>
+    public void DrainAndRemove()
+    {
+        if (_removed)
+        {
+            return;
+        }
+
+        Disarm();
+        byte* address = stackalloc byte[Libc.SockAddrStorageSize];
+        for (int i = 0; i < MaxDrainedPerSocket; i++)
+        {
+            int length = Libc.SockAddrStorageSize;
+            int fd = Libc.Accept(_socket.Fd, address, &length);
+            if (fd < 0)
+            {
+                if (Errno.IsTransientAcceptError(Errno.Last))
+                {
+                    continue;
+                }
+
+                break; // EAGAIN: the queue is empty. Anything else: nothing more can be taken from this socket.
+            }
+
+            Drained++;
+            EndPoint? remote = SockAddr.Read(new ReadOnlySpan<byte>(address, length));
+            _listener.OnAccepted(fd, Loop, remote, _socket);
+        }
+
+        Remove();
+    }
 
     private void Arm()
     {

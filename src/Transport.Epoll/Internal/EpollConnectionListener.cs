@@ -23,6 +23,7 @@ internal sealed class EpollConnectionListener : IConnectionListener
     private int _pending;
     private int _pausedRegistrations;
     private int _unbound;
+    private int _acceptsClosed;
     private int _disposed;
 
     private EpollConnectionListener(EndPoint endPoint, List<ListenSocket> sockets, TransportContext context, string? unixSocketPath, Func<Task> onDisposed)
@@ -44,6 +45,9 @@ internal sealed class EpollConnectionListener : IConnectionListener
 
     public bool IsQueueFull => Volatile.Read(ref _pending) >= _maxPending;
 
+    /// <summary>A TCP port bound with AllowPortSharing: other processes may be in its SO_REUSEPORT group.</summary>
+    public bool IsSharedPort => Context.Options.AllowPortSharing && _sockets[0].IsTcp && _sockets[0].OwnsFd;
+
     public int PendingCount => Volatile.Read(ref _pending);
 
     /// <summary>Binds <paramref name="endPoint"/> and registers its socket(s) in every loop.</summary>
@@ -59,13 +63,23 @@ internal sealed class EpollConnectionListener : IConnectionListener
             switch (endPoint)
             {
                 case IPEndPoint ip when options.AcceptDistribution == EpollAcceptDistribution.ReusePort && loops.Length > 1:
-                    IPEndPoint reserved = ListenSocket.ReserveForReusePort(ip);
+                    // Without AllowPortSharing the probe proves nobody holds the port (a plain bind fails where
+                    // SO_REUSEPORT would join another process's group). With it, joining is the point: the probe
+                    // is only needed to turn port 0 into one real port for all the sockets.
+                    IPEndPoint reserved = options.AllowPortSharing && ip.Port != 0 ? ip : ListenSocket.ReserveForReusePort(ip);
                     for (int i = 0; i < loops.Length; i++)
                     {
                         sockets.Add(ListenSocket.Bind(reserved, options.Backlog, reusePort: true));
                     }
 
                     exclusive = false;
+                    break;
+                case IPEndPoint ip when options.AllowPortSharing:
+                    // One socket shared by the loops (EPOLLEXCLUSIVE), in the port's SO_REUSEPORT group with the
+                    // other processes' sockets. Port 0 is resolved by a probe first, as above, so the kernel never
+                    // picks a port that another group already uses.
+                    sockets.Add(ListenSocket.Bind(ip.Port == 0 ? ListenSocket.ReserveForReusePort(ip) : ip, options.Backlog, reusePort: true));
+                    exclusive = true;
                     break;
                 case IPEndPoint ip:
                     sockets.Add(ListenSocket.Bind(ip, options.Backlog, reusePort: false));
@@ -106,6 +120,11 @@ internal sealed class EpollConnectionListener : IConnectionListener
 
         EpollLog.Listening(context.Logger, listener.EndPoint.ToString() ?? "?", sockets.Count,
             sockets.Count > 1 ? EpollAcceptDistribution.ReusePort : EpollAcceptDistribution.Exclusive);
+        if (listener.IsSharedPort && !TcpMigrateReq.IsEnabled())
+        {
+            EpollLog.SharedPortWithoutMigration(context.Logger, listener.EndPoint.ToString() ?? "?");
+        }
+
         return listener;
     }
 
@@ -132,7 +151,7 @@ internal sealed class EpollConnectionListener : IConnectionListener
     /// <summary>On a loop's thread: the loop makes the accepted socket its connection; the listener queues it for Kestrel.</summary>
     public void OnAccepted(int fd, EpollLoop loop, EndPoint? remote, ListenSocket socket)
     {
-        if (Volatile.Read(ref _unbound) != 0)
+        if (Volatile.Read(ref _acceptsClosed) != 0)
         {
             _ = Libc.close(fd);
             return;
@@ -163,17 +182,49 @@ internal sealed class EpollConnectionListener : IConnectionListener
         }
 
         // Each loop leaves the epoll set on its own thread (it may be inside accept4 on the fd right now); the last
-        // one out closes the fd, so the port is released and new connections are refused.
+        // one out closes the fd, so the port is released and new connections are refused (or, on a shared port, go
+        // to the other processes in its SO_REUSEPORT group).
+        //
+        // A shared port (AllowPortSharing) is how a new process takes over from this one, so no connection the kernel
+        // already tied to this process's socket may be lost: the kernel routes each SYN to one socket of the group
+        // and, at close, resets that socket's accept queue and half-open handshakes unless net.ipv4.tcp_migrate_req
+        // is 1, which moves them to another socket of the group (kernel ip-sysctl docs; see TcpMigrateReq). With it,
+        // closing at once is right: the queued connections go to the process that is starting, not to this one,
+        // which is about to ask every connection to close. Without it, each loop first accepts until EAGAIN, so the
+        // queue is empty when it closes: only a SYN that the kernel routes here between that last accept4 and the
+        // close (microseconds, on the same thread) is still lost. Closing the listener is the only way to leave the
+        // group (shutdown(SHUT_RD) on a listener aborts its queue just like close), so the window cannot be shut
+        // from user space; docs/DEPLOYMENT.md measures both settings.
+        string endPointName = EndPoint.ToString() ?? "?";
+        bool drain = false;
+        if (IsSharedPort)
+        {
+            drain = !TcpMigrateReq.IsEnabled();
+            if (!drain)
+            {
+                EpollLog.SharedPortMigrating(Logger, endPointName);
+            }
+        }
+
+        int drained = 0;
         var removed = new List<Task>(_registrations.Count);
         foreach (AcceptRegistration registration in _registrations)
         {
             var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
             registration.Loop.Schedule(static state =>
             {
-                var (r, tcs) = ((AcceptRegistration, TaskCompletionSource))state!;
-                r.Remove();
+                var (r, tcs, drainFirst) = ((AcceptRegistration, TaskCompletionSource, bool))state!;
+                if (drainFirst)
+                {
+                    r.DrainAndRemove();
+                }
+                else
+                {
+                    r.Remove();
+                }
+
                 tcs.TrySetResult();
-            }, (registration, done));
+            }, (registration, done, drain));
             removed.Add(done.Task);
         }
 
@@ -193,12 +244,21 @@ internal sealed class EpollConnectionListener : IConnectionListener
             // (it disposes the listeners it bound): throwing here would replace that AddressInUseException.
         }
 
-        _accepted.Writer.TryComplete();
-        while (_accepted.Reader.TryRead(out EpollConnection? connection))
+        if (drain)
         {
-            Interlocked.Decrement(ref _pending);
-            connection.Abort(new ConnectionAbortedException("The listener was unbound before the connection was taken."));
+            foreach (AcceptRegistration registration in _registrations)
+            {
+                drained += registration.Drained;
+            }
+
+            EpollLog.SharedPortDrained(Logger, endPointName, drained);
         }
+
+        // Connections accepted but not taken yet stay in the queue: Kestrel keeps calling AcceptAsync until it
+        // returns null (it awaits its accept loop right after UnbindAsync), so they are served and then asked to
+        // close like every other connection, instead of being reset. DisposeAsync aborts any that nobody took.
+        Volatile.Write(ref _acceptsClosed, 1);
+        _accepted.Writer.TryComplete();
     }
 
     public async ValueTask DisposeAsync()
@@ -211,6 +271,11 @@ internal sealed class EpollConnectionListener : IConnectionListener
         try
         {
             await UnbindAsync().ConfigureAwait(false);
+            while (_accepted.Reader.TryRead(out EpollConnection? connection))
+            {
+                Interlocked.Decrement(ref _pending);
+                connection.Abort(new ConnectionAbortedException("The listener was disposed before the connection was taken."));
+            }
         }
         finally
         {

@@ -61,6 +61,16 @@ internal static partial class EpollLog
     [LoggerMessage(105, LogLevel.Warning, "Could not set up accepted connection on {EndPoint}: {Error}.")]
     public static partial void ConnectionSetupFailed(ILogger logger, string endPoint, string error);
 
+    // 110-119: shared ports (AllowPortSharing) and handed-over listeners.
+    [LoggerMessage(110, LogLevel.Information, "{EndPoint} is shared with other processes (AllowPortSharing) and net.ipv4.tcp_migrate_req is 0: when this process stops, it accepts what is queued before it closes the port, but a connection the kernel queues in the microseconds in between is reset. Set net.ipv4.tcp_migrate_req=1 to have the kernel move it to another process.")]
+    public static partial void SharedPortWithoutMigration(ILogger logger, string endPoint);
+
+    [LoggerMessage(111, LogLevel.Debug, "Closing shared {EndPoint}: net.ipv4.tcp_migrate_req is 1, the kernel moves its queued connections to another process on the port.")]
+    public static partial void SharedPortMigrating(ILogger logger, string endPoint);
+
+    [LoggerMessage(112, LogLevel.Debug, "Closing shared {EndPoint}: accepted {Count} queued connection(s) before closing the listener (net.ipv4.tcp_migrate_req is 0).")]
+    public static partial void SharedPortDrained(ILogger logger, string endPoint, int count);
+
     // 200-299: connections.
     [LoggerMessage(200, LogLevel.Debug, "Connection {ConnectionId} closed: {Reason}.")]
     public static partial void ConnectionClosed(ILogger logger, string connectionId, EpollCloseReason reason);
