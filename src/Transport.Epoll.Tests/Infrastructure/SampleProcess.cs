@@ -1,4 +1,5 @@
 using System.Collections.Concurrent;
+using System.Diagnostics;
 using System.Globalization;
 using System.Net;
 using System.Text.RegularExpressions;
@@ -68,9 +69,9 @@ public sealed partial class SampleProcess : IAsyncDisposable
 
     /// <summary>
     /// Starts the sample on the epoll transport. <paramref name="faults"/> goes to <c>TRANSPORT_EPOLL_FAULTS</c> (none
-    /// when null). Returns once the sample printed its start line with the bound ports.
+    /// when null); <paramref name="wrap"/> may change how it is started (a shell around it). Returns once the sample printed its start line with the bound ports.
     /// </summary>
-    public static async Task<SampleProcess> StartAsync(string? faults = null, ITestOutputHelper? output = null, IEnumerable<string>? extraArgs = null, IReadOnlyDictionary<string, string>? environment = null)
+    public static async Task<SampleProcess> StartAsync(string? faults = null, ITestOutputHelper? output = null, IEnumerable<string>? extraArgs = null, IReadOnlyDictionary<string, string>? environment = null, Action<ProcessStartInfo>? wrap = null)
     {
         string dll = Repository.SampleDll;
         var psi = DotnetCli.StartInfo(Path.GetDirectoryName(dll)!, [dll, "--urls", "http://127.0.0.1:0", "--EchoPort", "0", "--Transport", "epoll", .. extraArgs ?? []]);
@@ -92,6 +93,7 @@ public sealed partial class SampleProcess : IAsyncDisposable
             psi.Environment[name] = value;
         }
 
+        wrap?.Invoke(psi);
         var sample = new SampleProcess(ChildProcess.Start(psi, output, "[sample] "));
         try
         {

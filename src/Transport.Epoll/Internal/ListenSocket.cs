@@ -146,7 +146,12 @@ internal sealed class ListenSocket
         }
     }
 
-    /// <summary>An already listening fd (systemd socket activation, another process): used as is, never closed.</summary>
+    /// <summary>
+    /// An already listening fd (systemd socket activation, another process): never closed by us, made non-blocking
+    /// and close-on-exec. Every process that holds the fd shares one accept queue, so a new process given the same
+    /// fd (systemd keeps it open across restarts) takes over without a connection being reset: the old one only
+    /// leaves its epoll sets, and whatever is queued waits for the new one.
+    /// </summary>
     public static ListenSocket Adopt(FileHandleEndPoint endPoint)
     {
         int fd = checked((int)endPoint.FileHandle);
@@ -163,6 +168,11 @@ internal sealed class ListenSocket
         if (Libc.SetNonBlocking(fd) != 0)
         {
             throw new IOException($"Could not make file handle {fd} non-blocking: {Errno.Describe(Errno.Last)}");
+        }
+
+        if (Libc.SetCloseOnExec(fd) != 0)
+        {
+            throw new IOException($"Could not make file handle {fd} close-on-exec: {Errno.Describe(Errno.Last)}");
         }
 
         return new ListenSocket(fd, ownsFd: false, SockAddr.LocalOf(fd) ?? endPoint);
