@@ -46,12 +46,37 @@ if (settings.Files is not null)
     SampleEndpoints.ContentFolder = settings.Files;
 }
 
+if (settings.ShutdownTimeout is { } shutdownTimeout)
+{
+    // The drain window: after ApplicationStopping, Kestrel stops accepting, asks every connection to close
+    // (Connection: close, GOAWAY, ConnectionClosedRequested) and waits this long before it aborts the rest.
+    builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = shutdownTimeout);
+}
+
+if (settings.DrainDelay is { } drainDelay && drainDelay > TimeSpan.Zero)
+{
+    builder.Services.AddSingleton<IHostedService>(new DrainDelay(drainDelay));
+}
+
 builder.WebHost.ConfigureKestrel(kestrel =>
 {
     httpEndpoints.Clear();
-    foreach (var address in settings.Urls)
+    if (SystemdActivation.ListenFdCount > 0)
     {
-        httpEndpoints.Add(SampleSettings.Listen(kestrel, address));
+        // Started by systemd socket activation (deploy/systemd/): the HTTP endpoints are the listening fds it passed
+        // (fd 3 on), not --urls. Kestrel's UseSystemd reads LISTEN_PID and LISTEN_FDS and calls ListenHandle for each.
+        kestrel.UseSystemd(options =>
+        {
+            options.Protocols = HttpProtocols.Http1;
+            httpEndpoints.Add(options);
+        });
+    }
+    else
+    {
+        foreach (var address in settings.Urls)
+        {
+            httpEndpoints.Add(SampleSettings.Listen(kestrel, address));
+        }
     }
 
     // The raw ports listen where HTTP does: only on loopback when every --urls address is loopback (the default,
@@ -113,6 +138,7 @@ app.MapMethods("/files/{name}", [HttpMethods.Get, HttpMethods.Head], (string nam
 app.MapGet("/connection", (Func<HttpContext, Task<string>>)SampleEndpoints.Connection);
 app.MapGet("/slow", new RequestDelegate(SampleEndpoints.Slow));
 app.MapGet("/stats", new RequestDelegate(stats.WriteAsync));
+app.MapGet("/ready", (Func<HttpContext, IResult>)(context => SampleEndpoints.Ready(context, app.Lifetime.ApplicationStopping)));
 app.Map("/ws", new RequestDelegate(SampleWebSockets.Echo));
 
 app.Lifetime.ApplicationStarted.Register(() =>

@@ -38,8 +38,25 @@ internal static class SampleEndpoints
               GET  /connection       what the transport says about this connection
               GET  /stats            the transport's metrics and the process's figures, as JSON
               GET  /slow?ms=N        answers after N ms
+              GET  /ready            200 while serving, 503 once the sample is stopping (readiness)
               GET  /ws               a WebSocket echo
             """ + "\n";
+    }
+
+    /// <summary>
+    /// <c>GET /ready</c>: a readiness probe for load balancers and orchestrators. 503 from the moment the host begins
+    /// to stop (ApplicationStopping, before Kestrel unbinds), so a balancer that polls it stops sending new requests
+    /// here while this instance drains; the response then also carries <c>Connection: close</c>.
+    /// </summary>
+    public static IResult Ready(HttpContext context, CancellationToken stopping)
+    {
+        if (stopping.IsCancellationRequested)
+        {
+            context.Response.Headers.Connection = "close";
+            return Results.Text("draining\n", statusCode: StatusCodes.Status503ServiceUnavailable);
+        }
+
+        return Results.Text("ready\n");
     }
 
     public static Task Plaintext(HttpContext context)

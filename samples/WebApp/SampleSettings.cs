@@ -28,6 +28,10 @@ internal sealed class SampleConfigurationException(string message) : Exception(m
 /// <item><c>Http2Port</c>: an HTTP/2-only cleartext (prior knowledge, h2c) port on all interfaces (default off;
 /// 0 picks a free port). Kestrel cannot offer HTTP/1.1 and HTTP/2 on one cleartext endpoint: without TLS there
 /// is no ALPN, so it serves HTTP/1.1 only there.</item>
+/// <item><c>ShutdownTimeout</c>: seconds a stopping sample lets requests and connections finish (the drain window)
+/// before it aborts what is left (default: the host's, 30 s; 0 to 3600).</item>
+/// <item><c>DrainDelay</c>: seconds a stopping sample keeps serving with <c>/ready</c> at 503 before it stops
+/// accepting (default 0; 0 to 3600; see <see cref="DrainDelay"/>).</item>
 /// </list>
 /// </summary>
 internal sealed record SampleSettings(SampleTransport Transport, IReadOnlyList<BindingAddress> Urls, int EchoPort, int Http2Port, int FilePort, string? Files)
@@ -44,6 +48,12 @@ internal sealed record SampleSettings(SampleTransport Transport, IReadOnlyList<B
 
     public bool Http2Enabled => Http2Port >= 0;
 
+    /// <summary><c>--ShutdownTimeout</c>; null keeps the host's own (HostOptions.ShutdownTimeout, 30 s).</summary>
+    public TimeSpan? ShutdownTimeout { get; init; }
+
+    /// <summary><c>--DrainDelay</c>; null for none.</summary>
+    public TimeSpan? DrainDelay { get; init; }
+
     public static SampleSettings Read(IConfiguration configuration)
         => new(
             ReadTransport(configuration["Transport"]),
@@ -51,7 +61,27 @@ internal sealed record SampleSettings(SampleTransport Transport, IReadOnlyList<B
             ReadPort(configuration, "EchoPort", DefaultEchoPort),
             ReadPort(configuration, "Http2Port", DefaultHttp2Port),
             ReadPort(configuration, "FilePort", DefaultFilePort),
-            ReadFolder(configuration["Files"]));
+            ReadFolder(configuration["Files"]))
+        {
+            ShutdownTimeout = ReadSeconds(configuration, "ShutdownTimeout", max: 3600),
+            DrainDelay = ReadSeconds(configuration, "DrainDelay", max: 3600),
+        };
+
+    private static TimeSpan? ReadSeconds(IConfiguration configuration, string key, int max)
+    {
+        string? value = configuration[key];
+        if (string.IsNullOrWhiteSpace(value))
+        {
+            return null;
+        }
+
+        if (!double.TryParse(value.Trim(), NumberStyles.Float, CultureInfo.InvariantCulture, out double seconds) || seconds is < 0 || seconds > max)
+        {
+            throw new SampleConfigurationException($"--{key} '{value}' is not a number of seconds from 0 to {max}.");
+        }
+
+        return TimeSpan.FromSeconds(seconds);
+    }
 
     private static string? ReadFolder(string? value)
     {

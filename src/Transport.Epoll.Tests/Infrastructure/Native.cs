@@ -43,6 +43,12 @@ internal static unsafe partial class Native
         }
     }
 
+    public const int SIGTERM = 15;
+
+    /// <summary>kill(2): sends <paramref name="signal"/> to a process (SIGTERM: what systemd and docker stop with).</summary>
+    [LibraryImport("libc", EntryPoint = "kill", SetLastError = true)]
+    public static partial int Kill(int pid, int signal);
+
     /// <summary>signal(2): sets the disposition of <paramref name="signal"/>; returns the previous one.</summary>
     [LibraryImport("libc", EntryPoint = "signal", SetLastError = true)]
     public static partial nint SetSignalHandler(int signal, nint handler);

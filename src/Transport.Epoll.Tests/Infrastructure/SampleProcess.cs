@@ -137,6 +137,9 @@ public sealed partial class SampleProcess : IAsyncDisposable
         return limit;
     }
 
+    /// <summary>Waits for the sample to exit by itself (after a SIGTERM); its exit code. Throws on timeout.</summary>
+    public Task<int> WaitForExitAsync(TimeSpan timeout) => _process.WaitForExitAsync(timeout, "The sample");
+
     /// <summary>Open fds of the process now.</summary>
     public int OpenFdCount() => Directory.GetFiles($"/proc/{Pid}/fd").Length;
 

@@ -64,6 +64,8 @@ public sealed class SampleAppTests(ITestOutputHelper output)
     [InlineData("--Kestrel:Transport:Epoll:ThreadCount", "0", "ThreadCount is 0; it must be between 1 and 256")]
     [InlineData("--Kestrel:Transport:Epoll:AcceptDistribution", "foo", "it must be one of ReusePort, Exclusive")]
     [InlineData("--urls", "http://127.0.0.1:99999", "the port must be 0 to 65535")]
+    [InlineData("--ShutdownTimeout", "soon", "--ShutdownTimeout 'soon' is not a number of seconds from 0 to 3600")]
+    [InlineData("--DrainDelay", "-1", "--DrainDelay '-1' is not a number of seconds from 0 to 3600")]
     public async Task A_start_up_mistake_is_one_line_and_a_clear_exit_code_not_a_crash(string option, string value, string message)
     {
         var (exitCode, stdout, stderr) = await RunSampleToExitAsync(option, value);
