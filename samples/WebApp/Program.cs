@@ -125,6 +125,9 @@ catch (Exception e) when (StartupFailure.Describe(e) is { } message)
     return 2;
 }
 
+// Draining: Connection: close on every HTTP/1.x response once the app is stopping (Draining.cs).
+app.Use(next => Draining.CloseWhenStopping(next, app.Lifetime.ApplicationStopping));
+
 // Files (GET /files/{name}) go out with sendfile(2) on the epoll transport; a no-op on Sockets.
 app.UseEpollSendFile();
 
@@ -138,7 +141,7 @@ app.MapMethods("/files/{name}", [HttpMethods.Get, HttpMethods.Head], (string nam
 app.MapGet("/connection", (Func<HttpContext, Task<string>>)SampleEndpoints.Connection);
 app.MapGet("/slow", new RequestDelegate(SampleEndpoints.Slow));
 app.MapGet("/stats", new RequestDelegate(stats.WriteAsync));
-app.MapGet("/ready", (Func<HttpContext, IResult>)(context => SampleEndpoints.Ready(context, app.Lifetime.ApplicationStopping)));
+app.MapGet("/ready", () => SampleEndpoints.Ready(app.Lifetime.ApplicationStopping));
 app.Map("/ws", new RequestDelegate(SampleWebSockets.Echo));
 
 app.Lifetime.ApplicationStarted.Register(() =>

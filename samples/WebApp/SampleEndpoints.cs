@@ -46,13 +46,12 @@ internal static class SampleEndpoints
     /// <summary>
     /// <c>GET /ready</c>: a readiness probe for load balancers and orchestrators. 503 from the moment the host begins
     /// to stop (ApplicationStopping, before Kestrel unbinds), so a balancer that polls it stops sending new requests
-    /// here while this instance drains; the response then also carries <c>Connection: close</c>.
+    /// here while this instance drains (the response then also carries <c>Connection: close</c>: Draining.cs).
     /// </summary>
-    public static IResult Ready(HttpContext context, CancellationToken stopping)
+    public static IResult Ready(CancellationToken stopping)
     {
         if (stopping.IsCancellationRequested)
         {
-            context.Response.Headers.Connection = "close";
             return Results.Text("draining\n", statusCode: StatusCodes.Status503ServiceUnavailable);
         }
 

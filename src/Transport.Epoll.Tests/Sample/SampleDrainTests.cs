@@ -9,7 +9,7 @@ namespace Transport.Epoll.Tests.Sample;
 public sealed class SampleDrainTests(ITestOutputHelper output)
 {
     [Fact]
-    public async Task Ready_answers_503_as_soon_as_the_sample_stops_and_it_keeps_serving_for_the_drain_delay()
+    public async Task Ready_answers_503_as_soon_as_the_sample_stops_and_it_keeps_serving_with_Connection_close_for_the_drain_delay()
     {
         await using var sample = await SampleProcess.StartAsync(output: output, extraArgs: ["--DrainDelay", "3", "--ShutdownTimeout", "10"]);
         using var client = HttpClients.Create(sample.BaseAddress);
@@ -31,7 +31,10 @@ public sealed class SampleDrainTests(ITestOutputHelper output)
         }), $"/ready still answers {status} after SIGTERM.");
         using (var fresh = HttpClients.Create(sample.BaseAddress))
         {
-            Assert.Equal("Hello, World!", await fresh.GetStringAsync("/plaintext").WithTimeout());
+            // Served, and told that this keep-alive connection ends with this response (Draining.cs).
+            using var response = await fresh.GetAsync("/plaintext").WithTimeout();
+            Assert.Equal("Hello, World!", await response.Content.ReadAsStringAsync());
+            Assert.True(response.Headers.ConnectionClose, "A response while draining did not carry Connection: close.");
         }
 
         // Then it stops by itself, cleanly.
