@@ -61,7 +61,7 @@ internal static partial class EpollLog
     [LoggerMessage(105, LogLevel.Warning, "Could not set up accepted connection on {EndPoint}: {Error}.")]
     public static partial void ConnectionSetupFailed(ILogger logger, string endPoint, string error);
 
-    // 110-119: shared ports (AllowPortSharing) and handed-over listeners.
+    // Shared ports (AllowPortSharing): 110 on.
     [LoggerMessage(110, LogLevel.Information, "{EndPoint} is shared with other processes (AllowPortSharing) and net.ipv4.tcp_migrate_req is 0: when this process stops, it accepts what is queued before it closes the port, but a connection the kernel queues in the microseconds in between is reset. Set net.ipv4.tcp_migrate_req=1 to have the kernel move it to another process.")]
     public static partial void SharedPortWithoutMigration(ILogger logger, string endPoint);
 
