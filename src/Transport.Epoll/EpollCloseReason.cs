@@ -32,4 +32,15 @@ public enum EpollCloseReason
     /// closed, past <c>TcpUserTimeout</c>, or keepalive probes went unanswered. A peer that vanished or stopped reading.
     /// </summary>
     TimedOut = 8,
+
+    /// <summary>
+    /// The endpoint requires a PROXY protocol header and the connection's was malformed, or the peer closed before it
+    /// was complete; see <see cref="IEpollConnectionFeature.CloseError"/>. The connection was never handed to the
+    /// application.
+    /// </summary>
+    ProxyHeaderInvalid = 9,
+
+    /// <summary>The endpoint requires a PROXY protocol header and it was not complete within
+    /// <see cref="ProxyProtocolOptions.HeaderTimeout"/>. The connection was never handed to the application.</summary>
+    ProxyHeaderTimeout = 10,
 }

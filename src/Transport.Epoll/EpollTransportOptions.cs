@@ -180,4 +180,12 @@ public sealed class EpollTransportOptions
     /// <remarks>Defaults to 100 ms: far above a healthy turn (microseconds), below what users notice. Checked by one
     /// thread per transport at half the threshold. Allowed: 10 ms to 1 hour; <see langword="null"/> or zero for off.</remarks>
     public TimeSpan? LoopStallThreshold { get; set; } = TimeSpan.FromMilliseconds(100);
+
+    /// <summary>
+    /// The PROXY protocol for the endpoints on <see cref="ProxyProtocolOptions.Ports"/>, from configuration
+    /// (<c>Kestrel:Transport:Epoll:ProxyProtocol:Ports:0</c>, <c>...:TrustedProxies:0</c>, <c>...:HeaderTimeout</c>).
+    /// In code, <c>listenOptions.UseProxyProtocol(...)</c> sets it per endpoint and wins over this.
+    /// </summary>
+    /// <remarks>Defaults to no port. With ports, at least one trusted proxy is required.</remarks>
+    public ProxyProtocolOptions ProxyProtocol { get; } = new();
 }

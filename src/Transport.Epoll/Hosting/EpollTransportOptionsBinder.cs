@@ -50,7 +50,25 @@ internal static class EpollTransportOptionsBinder
             }
         }
 
+        // ProxyProtocol is a section: its durations and ports are checked the same way (TrustedProxies are strings; the
+        // validator checks that they parse).
+        IConfigurationSection proxy = section.GetSection(nameof(EpollTransportOptions.ProxyProtocol));
+        CheckValue(proxy.GetSection(nameof(ProxyProtocolOptions.HeaderTimeout)), Duration());
+        foreach (IConfigurationSection port in proxy.GetSection(nameof(ProxyProtocolOptions.Ports)).GetChildren())
+        {
+            CheckValue(port, Integer());
+        }
+
         section.Bind(options);
+    }
+
+    private static void CheckValue(IConfigurationSection child, (string Expected, Func<string, bool> CanRead) reader)
+    {
+        if (child.Value is { Length: > 0 } value && !reader.CanRead(value.Trim()))
+        {
+            throw new OptionsValidationException(Options.DefaultName, typeof(EpollTransportOptions),
+                [$"{child.Path} is '{value}'; it must be {reader.Expected}."]);
+        }
     }
 
     private static (string, Func<string, bool>) Integer()

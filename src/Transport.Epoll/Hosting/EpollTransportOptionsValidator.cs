@@ -1,3 +1,4 @@
+using Transport.Epoll.Internal;
 using Microsoft.Extensions.Options;
 
 namespace Transport.Epoll.Hosting;
@@ -70,6 +71,8 @@ internal sealed class EpollTransportOptionsValidator : IValidateOptions<EpollTra
         {
             failures.Add($"EpollTransportOptions.TcpKeepAliveProbeCount is {options.TcpKeepAliveProbeCount}; it must be between 1 and 127, or null for the kernel's default.");
         }
+
+        failures.AddRange(ProxyProtocolEndpoint.Validate(options.ProxyProtocol, "EpollTransportOptions.ProxyProtocol", checkPorts: true));
 
         return failures.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(failures);
     }

@@ -122,6 +122,7 @@ internal sealed partial class EpollConnection
             Volatile.Write(ref _fd, -1);
             _ = Libc.SetLingerZero(fd);
             _ = Libc.close(fd);
+            AbandonProxyHeader();
             _closeReason = EpollCloseReason.Error;
             _closeError = reason;
             _context.Metrics.ConnectionClosed(_closeReason);
@@ -302,6 +303,7 @@ internal sealed partial class EpollConnection
         Loop.RemoveConnection(this);
         Volatile.Write(ref _fd, -1);
         _ = Libc.close(fd);
+        AbandonProxyHeader();
 
         if (!InputDone)
         {

@@ -46,6 +46,11 @@ internal sealed partial class EpollConnection :
                 }
             }
 
+            if (key == typeof(IProxyProtocolFeature))
+            {
+                return _proxyHeader is { Complete: true } header ? header : null;
+            }
+
             return IsOwnFeature(key) ? this : null;
         }
         set
@@ -92,6 +97,11 @@ internal sealed partial class EpollConnection :
             {
                 yield return new KeyValuePair<Type, object>(type, this);
             }
+        }
+
+        if (_proxyHeader is { Complete: true } header && (_extraFeatures is null || !_extraFeatures.Exists(p => p.Key == typeof(IProxyProtocolFeature))))
+        {
+            yield return new KeyValuePair<Type, object>(typeof(IProxyProtocolFeature), header);
         }
 
         if (_extraFeatures is not null)

@@ -75,9 +75,16 @@ internal sealed partial class EpollConnection
                     RearmIfFaultInjected();
                 }
 
-                writer.Write(new ReadOnlySpan<byte>(buffer, (int)received));
                 counters.BytesReceived += received;
                 _lastActivity = Loop.Now;
+                var data = new ReadOnlySpan<byte>(buffer, (int)received);
+                if (_proxyHeader is { Pending: true } && (!ReceiveProxyHeader(ref data) || data.IsEmpty))
+                {
+                    // Closed (an invalid header), or every byte so far was header: nothing for the application.
+                    continue;
+                }
+
+                writer.Write(data);
 #pragma warning disable CA2012 // consumed once: here when complete, else in OnInputFlushCompleted
                 _flushTask = writer.FlushAsync();
 #pragma warning restore CA2012
@@ -96,6 +103,12 @@ internal sealed partial class EpollConnection
             }
             else if (received == 0)
             {
+                if (AwaitingProxyHeader)
+                {
+                    OnFinBeforeProxyHeader();
+                    return;
+                }
+
                 OnPeerFin();
                 return;
             }

@@ -26,8 +26,13 @@ internal sealed class EpollConnectionListener : IConnectionListener
     private int _acceptsClosed;
     private int _disposed;
 
-    private EpollConnectionListener(EndPoint endPoint, List<ListenSocket> sockets, TransportContext context, string? unixSocketPath, Func<Task> onDisposed)
+    private readonly ProxyProtocolEndpoint? _proxyProtocol;
+    private readonly string _endPointName;
+
+    private EpollConnectionListener(EndPoint endPoint, List<ListenSocket> sockets, TransportContext context, string? unixSocketPath, Func<Task> onDisposed, ProxyProtocolEndpoint? proxyProtocol)
     {
+        _proxyProtocol = proxyProtocol;
+        _endPointName = endPoint.ToString() ?? "?";
         EndPoint = endPoint;
         _sockets = sockets;
         Context = context;
@@ -50,8 +55,9 @@ internal sealed class EpollConnectionListener : IConnectionListener
 
     public int PendingCount => Volatile.Read(ref _pending);
 
-    /// <summary>Binds <paramref name="endPoint"/> and registers its socket(s) in every loop.</summary>
-    public static EpollConnectionListener Bind(EndPoint endPoint, EpollThreadGroup group, TransportContext context, Func<Task> onDisposed)
+    /// <summary>Binds <paramref name="endPoint"/> and registers its socket(s) in every loop. With
+    /// <paramref name="proxyProtocol"/>, every connection must start with a PROXY protocol header from a trusted proxy.</summary>
+    public static EpollConnectionListener Bind(EndPoint endPoint, EpollThreadGroup group, TransportContext context, Func<Task> onDisposed, ProxyProtocolEndpoint? proxyProtocol = null)
     {
         EpollTransportOptions options = context.Options;
         EpollLoop[] loops = group.Loops;
@@ -108,7 +114,7 @@ internal sealed class EpollConnectionListener : IConnectionListener
             throw;
         }
 
-        var listener = new EpollConnectionListener(sockets[0].EndPoint, sockets, context, unixPath, onDisposed);
+        var listener = new EpollConnectionListener(sockets[0].EndPoint, sockets, context, unixPath, onDisposed, proxyProtocol);
         for (int i = 0; i < loops.Length; i++)
         {
             // One socket per loop with SO_REUSEPORT; otherwise the one socket in every loop with EPOLLEXCLUSIVE.
@@ -123,6 +129,11 @@ internal sealed class EpollConnectionListener : IConnectionListener
         if (listener.IsSharedPort && !TcpMigrateReq.IsEnabled())
         {
             EpollLog.SharedPortWithoutMigration(context.Logger, listener.EndPoint.ToString() ?? "?");
+        }
+
+        if (proxyProtocol is not null)
+        {
+            EpollLog.ProxyProtocolRequired(context.Logger, listener._endPointName, proxyProtocol.TrustedText, proxyProtocol.HeaderTimeoutMs);
         }
 
         return listener;
@@ -157,19 +168,52 @@ internal sealed class EpollConnectionListener : IConnectionListener
             return;
         }
 
+        ProxyProtocolEndpoint? proxy = _proxyProtocol;
+        if (proxy is not null && !proxy.IsTrusted(remote, unixSocket: !socket.IsTcp))
+        {
+            // Refused before anything is read: only a trusted proxy may say who the client is (the specification's
+            // section 5). A RST (SO_LINGER 0), so the peer learns at once and no FIN_WAIT/TIME_WAIT state is kept.
+            _ = Libc.SetLingerZero(fd);
+            _ = Libc.close(fd);
+            Context.Metrics.ProxyProtocolUntrusted();
+            EpollLog.ProxyProtocolUntrusted(Logger, _endPointName, remote?.ToString() ?? "?");
+            return;
+        }
+
         EpollConnection? connection = loop.SetUpAccepted(fd, socket, remote);
         if (connection is null)
         {
             return;
         }
 
+        // Counted from now: a connection still reading its header is one the server has not taken yet.
         Interlocked.Increment(ref _pending);
+        if (proxy is not null)
+        {
+            // Queued by the connection itself once its header is parsed (EpollConnection.ProxyHeader.cs).
+            connection.ExpectProxyHeader(new ProxyHeaderState(proxy, this));
+            return;
+        }
+
+        Enqueue(connection);
+    }
+
+    /// <summary>On the connection's loop: queues a pending connection (counted at accept) for Kestrel.</summary>
+    public void Enqueue(EpollConnection connection)
+    {
         if (!_accepted.Writer.TryWrite(connection))
         {
             // Unbound in between: the connection was never handed out, so close it here.
             Interlocked.Decrement(ref _pending);
             connection.Abort(new ConnectionAbortedException("The listener was unbound."));
         }
+    }
+
+    /// <summary>A connection counted at accept closed before it was queued (its PROXY protocol header failed).</summary>
+    public void OnHandOverAbandoned()
+    {
+        Interlocked.Decrement(ref _pending);
+        ResumePausedRegistrations();
     }
 
     public void OnRegistrationPaused(AcceptRegistration registration) => Interlocked.Increment(ref _pausedRegistrations);

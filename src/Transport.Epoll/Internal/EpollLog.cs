@@ -61,6 +61,15 @@ internal static partial class EpollLog
     [LoggerMessage(105, LogLevel.Warning, "Could not set up accepted connection on {EndPoint}: {Error}.")]
     public static partial void ConnectionSetupFailed(ILogger logger, string endPoint, string error);
 
+    [LoggerMessage(106, LogLevel.Warning, "Refused a connection on {EndPoint} from {Remote}: not a trusted proxy, and the endpoint requires the PROXY protocol.")]
+    public static partial void ProxyProtocolUntrusted(ILogger logger, string endPoint, string remote);
+
+    [LoggerMessage(107, LogLevel.Debug, "{EndPoint} requires a PROXY protocol header within {TimeoutMs} ms from one of: {Trusted}.")]
+    public static partial void ProxyProtocolRequired(ILogger logger, string endPoint, string trusted, long timeoutMs);
+
+    [LoggerMessage(108, LogLevel.Error, "Connection {ConnectionId} on {EndPoint} did not pass through the epoll transport's PROXY protocol reader (is the endpoint served by another transport?); it is aborted.")]
+    public static partial void ProxyProtocolNotApplied(ILogger logger, string connectionId, string endPoint);
+
     // Shared ports (AllowPortSharing): 110 on.
     [LoggerMessage(110, LogLevel.Information, "{EndPoint} is shared with other processes (AllowPortSharing) and net.ipv4.tcp_migrate_req is 0: when this process stops, it accepts what is queued before it closes the port, but a connection the kernel queues in the microseconds in between is reset. Set net.ipv4.tcp_migrate_req=1 to have the kernel move it to another process.")]
     public static partial void SharedPortWithoutMigration(ILogger logger, string endPoint);
@@ -98,6 +107,12 @@ internal static partial class EpollLog
 
     [LoggerMessage(208, LogLevel.Debug, "Connection {ConnectionId} timed out: the peer stopped acknowledging (TCP_USER_TIMEOUT or keepalive).")]
     public static partial void ConnectionTimedOut(ILogger logger, string connectionId);
+
+    [LoggerMessage(209, LogLevel.Warning, "Connection {ConnectionId} from {Remote} closed: {Reason}.")]
+    public static partial void ProxyHeaderInvalid(ILogger logger, string connectionId, string remote, string reason);
+
+    [LoggerMessage(210, LogLevel.Warning, "Connection {ConnectionId} from {Remote} closed: {Reason}.")]
+    public static partial void ProxyHeaderTimedOut(ILogger logger, string connectionId, string remote, string reason);
 
     // 300-399: sendfile and zero-copy sends.
     [LoggerMessage(300, LogLevel.Debug, "Connection {ConnectionId}: sendfile(2) refused the file ({Error}); it is copied through the pipe instead.")]

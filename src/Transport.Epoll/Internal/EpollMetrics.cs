@@ -18,6 +18,7 @@ internal sealed class EpollMetrics : IDisposable
     private readonly UpDownCounter<long> _active;
     private readonly Counter<long> _acceptBackOffs;
     private readonly Counter<long> _staleEvents;
+    private readonly Counter<long> _proxyUntrusted;
     private readonly Histogram<int> _eventsPerWakeUp;
     private readonly Counter<long> _sendFileFallbackBytes;
     private long _activeCount;
@@ -30,6 +31,7 @@ internal sealed class EpollMetrics : IDisposable
         _closed = _meter.CreateCounter<long>("epoll.connections.closed", "{connection}", "Connections closed, tagged with the close reason.");
         _active = _meter.CreateUpDownCounter<long>("epoll.connections.active", "{connection}", "Connections open now.");
         _acceptBackOffs = _meter.CreateCounter<long>("epoll.accept.backoffs", "{backoff}", "Times accepting paused because the process ran out of file descriptors or memory.");
+        _proxyUntrusted = _meter.CreateCounter<long>("epoll.proxy_protocol.untrusted", "{connection}", "Connections refused at accept on an endpoint that requires the PROXY protocol, because they did not come from a trusted proxy.");
         _staleEvents = _meter.CreateCounter<long>("epoll.events.stale", "{event}", "Events dropped because their connection id was no longer live.");
         _eventsPerWakeUp = _meter.CreateHistogram<int>("epoll.loop.events_per_wakeup", "{event}", "Events returned by one epoll_wait that returned any.");
 
@@ -116,6 +118,8 @@ internal sealed class EpollMetrics : IDisposable
     public void SendFileFallbackBytes(long bytes) => _sendFileFallbackBytes.Add(bytes);
 
     public void AcceptBackOff() => _acceptBackOffs.Add(1);
+
+    public void ProxyProtocolUntrusted() => _proxyUntrusted.Add(1);
 
     public void StaleEventDropped() => _staleEvents.Add(1);
 

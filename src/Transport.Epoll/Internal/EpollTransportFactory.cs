@@ -56,7 +56,10 @@ internal sealed class EpollTransportFactory : IConnectionListenerFactory, IConne
         EpollThreadGroup group = AcquireLoops();
         try
         {
-            IConnectionListener listener = EpollConnectionListener.Bind(endpoint, group, _context, ReleaseLoops);
+            // UseProxyProtocol on the endpoint's ListenOptions, else the configuration's ports.
+            ProxyProtocolEndpoint? proxy = ProxyProtocolBinding.Take()
+                ?? (endpoint is IPEndPoint ip && _context.ConfiguredProxyProtocol is { } configured && _context.Options.ProxyProtocol.Ports.Contains(ip.Port) ? configured : null);
+            IConnectionListener listener = EpollConnectionListener.Bind(endpoint, group, _context, ReleaseLoops, proxy);
             return ValueTask.FromResult(listener);
         }
         catch

@@ -22,7 +22,15 @@ internal sealed class TransportContext
         ApplicationScheduler = options.UnsafePreferInlineScheduling ? PipeScheduler.Inline : PipeScheduler.ThreadPool;
         MaxReadBufferSize = options.MaxReadBufferSize ?? 0;
         MaxWriteBufferSize = options.MaxWriteBufferSize ?? 0;
+
+        // The validator has checked the values (start-up fails before this with a message naming the option).
+        ConfiguredProxyProtocol = options.ProxyProtocol.Ports.Count > 0
+            ? ProxyProtocolEndpoint.Create(options.ProxyProtocol, "EpollTransportOptions.ProxyProtocol")
+            : null;
     }
+
+    /// <summary>The PROXY protocol for the ports of <see cref="EpollTransportOptions.ProxyProtocol"/>, when any.</summary>
+    public ProxyProtocolEndpoint? ConfiguredProxyProtocol { get; }
 
     public EpollTransportOptions Options { get; }
 
