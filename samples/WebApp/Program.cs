@@ -68,6 +68,7 @@ builder.WebHost.ConfigureKestrel(kestrel =>
         kestrel.UseSystemd(options =>
         {
             options.Protocols = HttpProtocols.Http1;
+            settings.ApplyProxyProtocol(options);
             httpEndpoints.Add(options);
         });
     }
@@ -75,7 +76,7 @@ builder.WebHost.ConfigureKestrel(kestrel =>
     {
         foreach (var address in settings.Urls)
         {
-            httpEndpoints.Add(SampleSettings.Listen(kestrel, address));
+            httpEndpoints.Add(SampleSettings.Listen(kestrel, address, settings.ApplyProxyProtocol));
         }
     }
 
@@ -85,6 +86,7 @@ builder.WebHost.ConfigureKestrel(kestrel =>
     {
         settings.ListenRaw(kestrel, settings.EchoPort, options =>
         {
+            settings.ApplyProxyProtocol(options);
             options.UseConnectionHandler<EchoConnectionHandler>();
             echoEndpoint = options;
         });
@@ -104,6 +106,7 @@ builder.WebHost.ConfigureKestrel(kestrel =>
         settings.ListenRaw(kestrel, settings.Http2Port, options =>
         {
             options.Protocols = HttpProtocols.Http2;
+            settings.ApplyProxyProtocol(options);
             http2Endpoint = options;
         });
     }
@@ -151,7 +154,8 @@ app.Lifetime.ApplicationStarted.Register(() =>
     string echo = echoEndpoint is null ? "off" : $"tcp://{echoEndpoint.EndPoint}";
     string h2c = http2Endpoint is null ? "off" : $"{http2Endpoint}";
     string files = fileEndpoint is null ? "off" : $"tcp://{fileEndpoint.EndPoint}";
-    Console.WriteLine($"WebApp: transport={settings.Transport.ToString().ToLowerInvariant()} http={http} echo={echo} h2c={h2c} files={files}");
+    string proxy = settings.ProxyProtocol ? $" proxy-protocol={string.Join(';', settings.ProxyProtocolTrusted)}" : string.Empty;
+    Console.WriteLine($"WebApp: transport={settings.Transport.ToString().ToLowerInvariant()} http={http} echo={echo} h2c={h2c} files={files}{proxy}");
 });
 
 try

@@ -1,5 +1,6 @@
 using System.Buffers;
 using System.Globalization;
+using System.Net;
 using System.Text;
 using System.Text.Json;
 using System.Text.Json.Serialization;
@@ -156,9 +157,17 @@ internal static class SampleEndpoints
     /// so <see cref="IEpollConnectionFeature"/> is there on the epoll transport, and absent on Sockets.
     /// </summary>
     public static async Task<string> Connection(HttpContext context)
-        => context.Features.Get<IEpollConnectionFeature>() is { } epoll
-            ? $"transport=epoll connection={context.Connection.Id} id={epoll.Id:x16} fd={await epoll.WithSocketAsync(static fd => fd)} loop={epoll.LoopIndex}\n"
-            : $"transport=other connection={context.Connection.Id}\n";
+    {
+        // First line: the client's address and port as the application sees them (behind a proxy with --ProxyProtocol,
+        // the client's own, from the PROXY protocol header). Then what the transport says about the connection.
+        ConnectionInfo connection = context.Connection;
+        string remote = connection.RemoteIpAddress is { } ip ? new IPEndPoint(ip, connection.RemotePort).ToString() : "unknown";
+        string details = context.Features.Get<IEpollConnectionFeature>() is { } epoll
+            ? $"transport=epoll connection={connection.Id} id={epoll.Id:x16} fd={await epoll.WithSocketAsync(static fd => fd)} loop={epoll.LoopIndex}"
+            : $"transport=other connection={connection.Id}";
+        string proxy = context.Features.Get<IProxyProtocolFeature>() is { } header ? $" proxy-protocol=v{header.Version} {header.Command}" : string.Empty;
+        return $"{remote}\n{details}{proxy}\n";
+    }
 
     /// <summary>
     /// A file from <see cref="ContentFolder"/>, with Range support; with <c>UseEpollSendFile()</c> (Program.cs) it goes

@@ -32,10 +32,22 @@ internal sealed class SampleConfigurationException(string message) : Exception(m
 /// before it aborts what is left (default: the host's, 30 s; 0 to 3600).</item>
 /// <item><c>DrainDelay</c>: seconds a stopping sample keeps serving with <c>/ready</c> at 503 before it stops
 /// accepting (default 0; 0 to 3600; see <see cref="DrainDelay"/>).</item>
+/// <item><c>ProxyProtocol</c>: <c>true</c> makes the HTTP, h2c and echo endpoints require a PROXY protocol header
+/// (epoll transport only; default <c>false</c>).</item>
+/// <item><c>ProxyProtocolTrusted</c>: the proxies allowed to send it, <c>;</c>-separated addresses and CIDR ranges
+/// (default <c>127.0.0.0/8;::1</c>).</item>
 /// </list>
 /// </summary>
 internal sealed record SampleSettings(SampleTransport Transport, IReadOnlyList<BindingAddress> Urls, int EchoPort, int Http2Port, int FilePort, string? Files)
 {
+    public const string DefaultProxyProtocolTrusted = "127.0.0.0/8;::1";
+
+    /// <summary>Whether the HTTP, h2c and echo endpoints require a PROXY protocol header.</summary>
+    public bool ProxyProtocol { get; init; }
+
+    /// <summary>The proxies trusted to send the header.</summary>
+    public IReadOnlyList<string> ProxyProtocolTrusted { get; init; } = DefaultProxyProtocolTrusted.Split(';');
+
     public const int DefaultFilePort = -1;
 
     public bool FileEnabled => FilePort >= 0;
@@ -65,7 +77,46 @@ internal sealed record SampleSettings(SampleTransport Transport, IReadOnlyList<B
         {
             ShutdownTimeout = ReadSeconds(configuration, "ShutdownTimeout", max: 3600),
             DrainDelay = ReadSeconds(configuration, "DrainDelay", max: 3600),
+            ProxyProtocol = ReadProxyProtocol(configuration),
+            ProxyProtocolTrusted = (configuration["ProxyProtocolTrusted"] is { Length: > 0 } trusted ? trusted : DefaultProxyProtocolTrusted)
+                .Split(';', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries),
         };
+
+    private static bool ReadProxyProtocol(IConfiguration configuration)
+    {
+        string? value = configuration["ProxyProtocol"];
+        if (string.IsNullOrWhiteSpace(value))
+        {
+            return false;
+        }
+
+        if (!bool.TryParse(value.Trim(), out bool on))
+        {
+            throw new SampleConfigurationException($"--ProxyProtocol '{value}' is not true or false.");
+        }
+
+        if (on && ReadTransport(configuration["Transport"]) != SampleTransport.Epoll)
+        {
+            throw new SampleConfigurationException("--ProxyProtocol needs the epoll transport: only it reads PROXY protocol headers.");
+        }
+
+        return on;
+    }
+
+    /// <summary>With <c>--ProxyProtocol true</c>: <paramref name="options"/> requires a header from the trusted proxies.</summary>
+    public void ApplyProxyProtocol(ListenOptions options)
+    {
+        if (ProxyProtocol)
+        {
+            options.UseProxyProtocol(o =>
+            {
+                foreach (string trusted in ProxyProtocolTrusted)
+                {
+                    o.TrustedProxies.Add(trusted);
+                }
+            });
+        }
+    }
 
     private static TimeSpan? ReadSeconds(IConfiguration configuration, string key, int max)
     {
@@ -212,7 +263,7 @@ internal sealed record SampleSettings(SampleTransport Transport, IReadOnlyList<B
     /// is that address, <c>unix:/path</c> a Unix socket, and any other host (<c>*</c>, <c>+</c>, a name) every interface.
     /// Kestrel ignores <c>--urls</c> once code calls <c>Listen*</c>, which the echo endpoint needs, so the sample does it.
     /// </summary>
-    public static ListenOptions Listen(KestrelServerOptions kestrel, BindingAddress address)
+    public static ListenOptions Listen(KestrelServerOptions kestrel, BindingAddress address, Action<ListenOptions>? configure = null)
     {
         ListenOptions? endpoint = null;
         bool https = string.Equals(address.Scheme, "https", StringComparison.OrdinalIgnoreCase);
@@ -230,6 +281,7 @@ internal sealed record SampleSettings(SampleTransport Transport, IReadOnlyList<B
                 options.Protocols = HttpProtocols.Http1;
             }
 
+            configure?.Invoke(options);
             endpoint = options;
         }
 
