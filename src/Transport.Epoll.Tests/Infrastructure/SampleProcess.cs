@@ -31,6 +31,9 @@ public sealed partial class SampleProcess : IAsyncDisposable
 
     public int EchoPort { get; private set; }
 
+    /// <summary>The h2c (HTTP/2 prior knowledge) port with <c>--Http2Port</c>; -1 when off.</summary>
+    public int Http2Port { get; private set; }
+
     public Uri BaseAddress => new($"http://127.0.0.1:{HttpPort}/");
 
     public IPEndPoint HttpEndPoint => new(IPAddress.Loopback, HttpPort);
@@ -101,6 +104,7 @@ public sealed partial class SampleProcess : IAsyncDisposable
             var match = StartLine().Match(line);
             sample.HttpPort = int.Parse(match.Groups["http"].Value, CultureInfo.InvariantCulture);
             sample.EchoPort = int.Parse(match.Groups["echo"].Value, CultureInfo.InvariantCulture);
+            sample.Http2Port = match.Groups["h2c"].Success ? int.Parse(match.Groups["h2c"].Value, CultureInfo.InvariantCulture) : -1;
             return sample;
         }
         catch
@@ -155,6 +159,6 @@ public sealed partial class SampleProcess : IAsyncDisposable
         || line.StartsWith("Unhandled exception.", StringComparison.Ordinal)
         || line.StartsWith("Process terminated.", StringComparison.Ordinal);
 
-    [GeneratedRegex(@"^WebApp: transport=epoll http=http://127\.0\.0\.1:(?<http>\d+) echo=tcp://\S+:(?<echo>\d+)")]
+    [GeneratedRegex(@"^WebApp: transport=epoll http=http://127\.0\.0\.1:(?<http>\d+) echo=tcp://\S+:(?<echo>\d+) h2c=(?:off|http://\S+:(?<h2c>\d+))")]
     private static partial Regex StartLine();
 }
