@@ -14,8 +14,6 @@ namespace Transport.Epoll.Internal;
 /// </summary>
 internal sealed partial class EpollConnection
 {
-    private static readonly Action<object?> s_proxyHeaderTimedOut = static state => ((EpollConnection)state!).OnProxyHeaderTimedOut();
-
     private ProxyHeaderState? _proxyHeader;
 
     private bool AwaitingProxyHeader => _proxyHeader is { Pending: true };
@@ -24,9 +22,7 @@ internal sealed partial class EpollConnection
     public void ExpectProxyHeader(ProxyHeaderState state)
     {
         _proxyHeader = state;
-
-        // One loop timer, no thread or timerfd; checked against the connection object, which is never reused.
-        Loop.RunAfter(state.Endpoint.HeaderTimeoutMs, s_proxyHeaderTimedOut, this);
+        Loop.AwaitProxyHeader(state);
     }
 
     /// <summary>
@@ -43,6 +39,7 @@ internal sealed partial class EpollConnection
             return true;
         }
 
+        Loop.StopAwaitingProxyHeader(state);
         if (status == ProxyHeaderStatus.Invalid)
         {
             RejectProxyHeader(EpollCloseReason.ProxyHeaderInvalid, error ?? "an invalid PROXY protocol header");
@@ -64,7 +61,8 @@ internal sealed partial class EpollConnection
     private void OnFinBeforeProxyHeader()
         => RejectProxyHeader(EpollCloseReason.ProxyHeaderInvalid, "the peer closed the connection before its PROXY protocol header was complete");
 
-    private void OnProxyHeaderTimedOut()
+    /// <summary>The loop's deadline check found the header still incomplete at its deadline.</summary>
+    public void OnProxyHeaderTimedOut()
     {
         if (_fd >= 0 && AwaitingProxyHeader)
         {
@@ -91,8 +89,10 @@ internal sealed partial class EpollConnection
     /// listener stops counting it as pending.</summary>
     private void AbandonProxyHeader()
     {
-        if (_proxyHeader is { } state && state.Abandon())
+        if (_proxyHeader is { Pending: true } state)
         {
+            Loop.StopAwaitingProxyHeader(state);
+            state.Abandon();
             state.Listener.OnHandOverAbandoned();
         }
     }

@@ -191,7 +191,7 @@ internal sealed class EpollConnectionListener : IConnectionListener
         if (proxy is not null)
         {
             // Queued by the connection itself once its header is parsed (EpollConnection.ProxyHeader.cs).
-            connection.ExpectProxyHeader(new ProxyHeaderState(proxy, this));
+            connection.ExpectProxyHeader(new ProxyHeaderState(proxy, this, connection));
             return;
         }
 

@@ -14,11 +14,24 @@ internal sealed class ProxyHeaderState : IProxyProtocolFeature
     private byte[]? _partial;
     private int _count;
 
-    public ProxyHeaderState(ProxyProtocolEndpoint endpoint, EpollConnectionListener listener)
+    public ProxyHeaderState(ProxyProtocolEndpoint endpoint, EpollConnectionListener listener, EpollConnection connection)
     {
         Endpoint = endpoint;
         Listener = listener;
+        Connection = connection;
     }
+
+    /// <summary>The connection while it waits for its header (the loop's deadline list reaches it through this); null
+    /// after, so that nothing but the connection itself keeps it alive.</summary>
+    public EpollConnection? Connection { get; private set; }
+
+    /// <summary>Links in the loop's list of connections waiting for their header (EpollLoop.ProxyHeaders.cs).</summary>
+    public ProxyHeaderState? NextAwaiting { get; set; }
+
+    public ProxyHeaderState? PreviousAwaiting { get; set; }
+
+    /// <summary>When the header must be complete, in the loop's <see cref="EpollLoop.Now"/> clock.</summary>
+    public long Deadline { get; set; }
 
     public ProxyProtocolEndpoint Endpoint { get; }
 
@@ -107,21 +120,17 @@ internal sealed class ProxyHeaderState : IProxyProtocolFeature
     }
 
     /// <summary>The connection closed before its header was complete: it was never handed over.</summary>
-    public bool Abandon()
+    public void Abandon()
     {
-        if (!Pending)
-        {
-            return false;
-        }
-
         Pending = false;
         _partial = null;
-        return true;
+        Connection = null;
     }
 
     private void Finish(ReadOnlySpan<byte> data, in ProxyHeader header)
     {
         Pending = false;
+        Connection = null;
         Complete = true;
         Version = header.Version;
         Command = header.Command;
