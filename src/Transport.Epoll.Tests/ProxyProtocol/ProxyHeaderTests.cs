@@ -307,6 +307,44 @@ public sealed class ProxyHeaderTests(ITestOutputHelper output)
         Assert.Equal(3, totals.GetValueOrDefault("epoll.connections.accepted"));
     }
 
+    [Fact]
+    public async Task A_connection_still_reading_its_header_when_the_server_stops_is_handed_over_and_served()
+    {
+        var server = await ProxyProtocolServer.StartAsync(output);
+        try
+        {
+            byte[] header = V1("PROXY TCP4 192.0.2.1 198.51.100.2 56324 443\r\n");
+            using var socket = await Client.ConnectAsync(server.EndPoint);
+            await socket.SendAllAsync(header.AsMemory(0, 10));
+
+            // The listener closes its port first thing on stop: once a new connection is refused, the unbind is under way.
+            Task stopping = server.Server.StopAsync();
+            Assert.True(await Poll.UntilAsync(async () =>
+            {
+                try
+                {
+                    using var probe = await Client.ConnectAsync(server.EndPoint);
+                    return false;
+                }
+                catch (SocketException)
+                {
+                    return true;
+                }
+            }), "The port stayed open after StopAsync.");
+            Assert.False(stopping.IsCompleted, "The stop did not wait for the connection reading its header.");
+
+            await socket.SendAllAsync(Concat(header[10..], After));
+            Assert.Equal("192.0.2.1:56324|198.51.100.2:443|1|Proxy|0", await ReadLineAsync(socket));
+            Assert.Equal(After, await socket.ReceiveExactlyAsync(After.Length));
+            socket.Shutdown(SocketShutdown.Send);
+            await stopping.WithTimeout(Timeouts.Bulk);
+        }
+        finally
+        {
+            await server.DisposeAsync();
+        }
+    }
+
     private static async Task<string> ReadLineAsync(Socket socket)
     {
         var line = new List<byte>();

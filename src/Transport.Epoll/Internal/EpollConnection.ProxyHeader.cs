@@ -53,7 +53,7 @@ internal sealed partial class EpollConnection
             LocalEndPoint = state.DestinationEndPoint;
         }
 
-        state.Listener.Enqueue(this);
+        state.Listener.EnqueueAfterHeader(this);
         return true;
     }
 

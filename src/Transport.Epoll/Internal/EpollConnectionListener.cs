@@ -28,6 +28,8 @@ internal sealed class EpollConnectionListener : IConnectionListener
 
     private readonly ProxyProtocolEndpoint? _proxyProtocol;
     private readonly string _endPointName;
+    private int _awaitingHeaders;
+    private TaskCompletionSource? _headersSettled;
 
     private EpollConnectionListener(EndPoint endPoint, List<ListenSocket> sockets, TransportContext context, string? unixSocketPath, Func<Task> onDisposed, ProxyProtocolEndpoint? proxyProtocol)
     {
@@ -191,6 +193,7 @@ internal sealed class EpollConnectionListener : IConnectionListener
         if (proxy is not null)
         {
             // Queued by the connection itself once its header is parsed (EpollConnection.ProxyHeader.cs).
+            Interlocked.Increment(ref _awaitingHeaders);
             connection.ExpectProxyHeader(new ProxyHeaderState(proxy, this, connection));
             return;
         }
@@ -199,7 +202,7 @@ internal sealed class EpollConnectionListener : IConnectionListener
     }
 
     /// <summary>On the connection's loop: queues a pending connection (counted at accept) for Kestrel.</summary>
-    public void Enqueue(EpollConnection connection)
+    private void Enqueue(EpollConnection connection)
     {
         if (!_accepted.Writer.TryWrite(connection))
         {
@@ -209,11 +212,27 @@ internal sealed class EpollConnectionListener : IConnectionListener
         }
     }
 
+    /// <summary>On the connection's loop: its PROXY protocol header is parsed; queue it for Kestrel.</summary>
+    public void EnqueueAfterHeader(EpollConnection connection)
+    {
+        Enqueue(connection);
+        HeaderSettled();
+    }
+
     /// <summary>A connection counted at accept closed before it was queued (its PROXY protocol header failed).</summary>
     public void OnHandOverAbandoned()
     {
         Interlocked.Decrement(ref _pending);
+        HeaderSettled();
         ResumePausedRegistrations();
+    }
+
+    private void HeaderSettled()
+    {
+        if (Interlocked.Decrement(ref _awaitingHeaders) == 0)
+        {
+            Volatile.Read(ref _headersSettled)?.TrySetResult();
+        }
     }
 
     public void OnRegistrationPaused(AcceptRegistration registration) => Interlocked.Increment(ref _pausedRegistrations);
@@ -296,6 +315,31 @@ internal sealed class EpollConnectionListener : IConnectionListener
             }
 
             EpollLog.SharedPortDrained(Logger, endPointName, drained);
+        }
+
+        if (_proxyProtocol is { } proxy)
+        {
+            // Connections accepted before the unbind that are still reading their PROXY protocol header are as good as
+            // queued ones: let them be queued before the queue completes (or be closed by their header timeout), so a
+            // rolling restart behind a proxy does not reset them. Exchange, not a volatile write: the publication must
+            // not be reordered after the read of the count (a store-load pair); HeaderSettled decrements, then reads.
+            var settled = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            Interlocked.Exchange(ref _headersSettled, settled);
+            if (Volatile.Read(ref _awaitingHeaders) > 0)
+            {
+                try
+                {
+                    await settled.Task.WaitAsync(TimeSpan.FromMilliseconds(proxy.HeaderTimeoutMs + (proxy.HeaderTimeoutMs / 8) + 1000), cancellationToken).ConfigureAwait(false);
+                }
+                catch (TimeoutException)
+                {
+                    // A loop that stopped closed them; anything left is closed when its header completes or times out.
+                }
+                catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+                {
+                    // As above: only the wait is given up.
+                }
+            }
         }
 
         // Connections accepted but not taken yet stay in the queue: Kestrel keeps calling AcceptAsync until it
