@@ -51,13 +51,9 @@ public sealed class HaproxyTests(ITestOutputHelper output)
 
         // Configured, never guessed: a client that talks HTTP straight to the port is refused, and one that sends a
         // header itself from an address that is not the trusted proxy is refused before it is read.
-        using (var direct = await Client.ConnectAsync(sample.HttpEndPoint))
-        {
-            await direct.SendAllAsync(RawHttpReader.Get("/connection", close: true));
-            Assert.Equal(0, await ProxyProtocolServer.ReceiveUntilClosedAsync(direct));
-        }
+        await ProxyProtocolServer.ExpectRefusedAsync(sample.HttpEndPoint, null, Encoding.ASCII.GetBytes(RawHttpReader.Get("/connection", close: true)));
 
-        await ExpectRefusedAsync(sample.HttpEndPoint, ClientAddress, "PROXY TCP4 203.0.113.9 127.0.0.1 1234 80\r\nGET /connection HTTP/1.1\r\nHost: x\r\n\r\n");
+        await ProxyProtocolServer.ExpectRefusedAsync(sample.HttpEndPoint, ClientAddress, Encoding.ASCII.GetBytes("PROXY TCP4 203.0.113.9 127.0.0.1 1234 80\r\nGET /connection HTTP/1.1\r\nHost: x\r\n\r\n"));
         await sample.WaitForLineAsync("Refused a connection on");
         await sample.WaitForLineAsync("not a PROXY protocol header");
     }
@@ -124,33 +120,6 @@ public sealed class HaproxyTests(ITestOutputHelper output)
         Assert.Equal(version, response.Version);
         response.EnsureSuccessStatusCode();
         return (await response.Content.ReadAsStringAsync(), clientEndPoint);
-    }
-
-    private static async Task ExpectRefusedAsync(IPEndPoint server, IPAddress local, string data)
-    {
-        Socket socket;
-        try
-        {
-            socket = await Client.ConnectAsync(server, s => s.Bind(new IPEndPoint(local, 0)));
-        }
-        catch (SocketException e) when (e.SocketErrorCode == SocketError.ConnectionReset)
-        {
-            return;
-        }
-
-        using (socket)
-        {
-            try
-            {
-                await socket.SendAllAsync(data);
-            }
-            catch (SocketException e) when (e.SocketErrorCode is SocketError.ConnectionReset or SocketError.Shutdown or SocketError.ConnectionAborted)
-            {
-                return;
-            }
-
-            Assert.Equal(0, await ProxyProtocolServer.ReceiveUntilClosedAsync(socket));
-        }
     }
 
     private static async Task<string> ReadLineAsync(Socket socket)

@@ -151,9 +151,7 @@ public sealed class ProxyProtocolAccessTests(ITestOutputHelper output)
         });
         server.Logs.Expect(e => e.EventId.Id == 108, "the Sockets transport reads no PROXY header");
 
-        using var socket = await Client.ConnectAsync(server.EndPoint);
-        await socket.SendAllAsync(V1("PROXY TCP4 192.0.2.1 198.51.100.2 56324 443\r\nhello"));
-        Assert.Equal(0, await ProxyProtocolServer.ReceiveUntilClosedAsync(socket));
+        await ProxyProtocolServer.ExpectRefusedAsync(server.EndPoint, null, V1("PROXY TCP4 192.0.2.1 198.51.100.2 56324 443\r\nhello"));
         Assert.True(await Poll.UntilAsync(() => server.Logs.Entries.Any(e => e.EventId.Id == 108)));
     }
 

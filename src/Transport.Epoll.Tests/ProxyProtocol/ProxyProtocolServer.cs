@@ -84,12 +84,22 @@ internal sealed class ProxyProtocolServer : IAsyncDisposable
 
     /// <summary>Connects from <paramref name="local"/>, sends <paramref name="data"/>, and returns once the server
     /// refused the connection (a RST, which may already fail the connect or the send) with no byte received.</summary>
-    public async Task ExpectRefusedAsync(IPAddress local, byte[] data)
+    public Task ExpectRefusedAsync(IPAddress local, byte[] data) => ExpectRefusedAsync(EndPoint, local, data);
+
+    /// <summary><see cref="ExpectRefusedAsync(IPAddress, byte[])"/> for any server; from the default address when
+    /// <paramref name="local"/> is null.</summary>
+    public static async Task ExpectRefusedAsync(EndPoint server, IPAddress? local, byte[] data)
     {
         Socket socket;
         try
         {
-            socket = await Client.ConnectAsync(EndPoint, s => s.Bind(new IPEndPoint(local, 0)));
+            socket = await Client.ConnectAsync(server, s =>
+            {
+                if (local is not null)
+                {
+                    s.Bind(new IPEndPoint(local, 0));
+                }
+            });
         }
         catch (SocketException e) when (e.SocketErrorCode == SocketError.ConnectionReset)
         {
