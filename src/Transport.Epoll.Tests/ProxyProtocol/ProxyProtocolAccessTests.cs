@@ -50,6 +50,33 @@ public sealed class ProxyProtocolAccessTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task A_flood_from_an_untrusted_address_is_counted_in_full_but_logged_at_most_once_a_second()
+    {
+        await using var server = await ProxyProtocolServer.StartAsync(output, o =>
+        {
+            o.TrustedProxies.Clear();
+            o.TrustedProxies.Add("127.0.0.1");
+        });
+        server.Server.Logs.Expect(e => e.EventId.Id == 106, "the untrusted flood");
+
+        const int Refused = 200;
+        var clock = Stopwatch.StartNew();
+        var totals = await TransportMetrics.CollectAsync(server.Server, async () =>
+        {
+            for (int i = 0; i < Refused; i++)
+            {
+                await server.ExpectRefusedAsync(Untrusted, V1("PROXY UNKNOWN\r\n"));
+            }
+        });
+        clock.Stop();
+
+        Assert.Equal(Refused, totals.GetValueOrDefault("epoll.proxy_protocol.untrusted"));
+        int logged = server.Server.Logs.Entries.Count(e => e.EventId.Id == 106);
+        Assert.InRange(logged, 1, 1 + (int)clock.Elapsed.TotalSeconds);
+        Assert.Equal(0, server.Handled);
+    }
+
+    [Fact]
     public async Task A_CIDR_range_trusts_every_address_in_it()
     {
         await using var server = await ProxyProtocolServer.StartAsync(output, o =>

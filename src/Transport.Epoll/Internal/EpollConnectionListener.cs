@@ -27,6 +27,9 @@ internal sealed class EpollConnectionListener : IConnectionListener
     private int _disposed;
 
     private readonly ProxyProtocolEndpoint? _proxyProtocol;
+
+    /// <summary>Anyone can connect from an untrusted address as often as they like: logged at most once a second.</summary>
+    private readonly LogThrottle _untrustedLog = new(TimeSpan.FromSeconds(1));
     private readonly string _endPointName;
     private int _awaitingHeaders;
     private TaskCompletionSource? _headersSettled;
@@ -178,7 +181,11 @@ internal sealed class EpollConnectionListener : IConnectionListener
             _ = Libc.SetLingerZero(fd);
             _ = Libc.close(fd);
             Context.Metrics.ProxyProtocolUntrusted();
-            EpollLog.ProxyProtocolUntrusted(Logger, _endPointName, remote?.ToString() ?? "?");
+            if (_untrustedLog.TryEnter(out long heldBack))
+            {
+                EpollLog.ProxyProtocolUntrusted(Logger, _endPointName, remote?.ToString() ?? "?", heldBack);
+            }
+
             return;
         }
 

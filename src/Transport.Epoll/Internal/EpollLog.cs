@@ -61,8 +61,8 @@ internal static partial class EpollLog
     [LoggerMessage(105, LogLevel.Warning, "Could not set up accepted connection on {EndPoint}: {Error}.")]
     public static partial void ConnectionSetupFailed(ILogger logger, string endPoint, string error);
 
-    [LoggerMessage(106, LogLevel.Warning, "Refused a connection on {EndPoint} from {Remote}: not a trusted proxy, and the endpoint requires the PROXY protocol.")]
-    public static partial void ProxyProtocolUntrusted(ILogger logger, string endPoint, string remote);
+    [LoggerMessage(106, LogLevel.Warning, "Refused a connection on {EndPoint} from {Remote}: not a trusted proxy, and the endpoint requires the PROXY protocol ({HeldBack} more refused since the previous such message; logged at most once a second, the counter epoll.proxy_protocol.untrusted counts them all).")]
+    public static partial void ProxyProtocolUntrusted(ILogger logger, string endPoint, string remote, long heldBack);
 
     [LoggerMessage(107, LogLevel.Debug, "{EndPoint} requires a PROXY protocol header within {TimeoutMs} ms from one of: {Trusted}.")]
     public static partial void ProxyProtocolRequired(ILogger logger, string endPoint, string trusted, long timeoutMs);
