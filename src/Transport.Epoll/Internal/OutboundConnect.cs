@@ -22,9 +22,9 @@ internal sealed class OutboundConnect : IEpollHandler
     /// reported too, epoll_ctl(2)). Edge-triggered, so the registration can become the connection's by EPOLL_CTL_MOD.</summary>
     private const uint ConnectingEvents = Libc.EPOLLOUT | Libc.EPOLLET;
 
-    private static readonly Action<object?> s_begin = static state => ((OutboundConnect)state!).BeginWaiting();
-    private static readonly Action<object?> s_connectedAtOnce = static state => ((OutboundConnect)state!).Connected();
-    private static readonly Action<object?> s_timedOut = static state => ((OutboundConnect)state!).TimedOut();
+    private static readonly Action<object?> s_begin = static state => ((OutboundConnect)state!).Run(static c => c.BeginWaiting());
+    private static readonly Action<object?> s_connectedAtOnce = static state => ((OutboundConnect)state!).Run(static c => c.Connected());
+    private static readonly Action<object?> s_timedOut = static state => ((TimeoutTicket)state!).Connect?.TimedOut();
     private static readonly Action<object?> s_canceled = static state => ((OutboundConnect)state!).Canceled();
 
     private readonly TaskCompletionSource<ConnectionContext> _result = new(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -33,6 +33,7 @@ internal sealed class OutboundConnect : IEpollHandler
     private readonly CancellationToken _cancellationToken;
     private readonly TimeSpan _timeout;
     private CancellationTokenRegistration _cancellation;
+    private TimeoutTicket? _timeoutTicket;
     private int _fd;
     private bool _inTable;
     private bool _done;
@@ -154,8 +155,26 @@ internal sealed class OutboundConnect : IEpollHandler
             return;
         }
 
-        // A loop timer: no timer object and no thread per connect. It fires once, late connects find the work done.
-        Loop.RunAfter((long)Math.Ceiling(_timeout.TotalMilliseconds), s_timedOut, this);
+        // A loop timer: no timer object and no thread per connect. It holds a ticket, emptied when the connect ends, so
+        // the loop's timer queue does not keep a finished connect (and its connection) alive until the timeout is due.
+        _timeoutTicket = new TimeoutTicket(this);
+        Loop.RunAfter((long)Math.Ceiling(_timeout.TotalMilliseconds), s_timedOut, _timeoutTicket);
+    }
+
+    /// <summary>Runs a step on the loop; a step that throws (a bug) fails the connect instead of leaving it waiting.</summary>
+    private void Run(Action<OutboundConnect> step)
+    {
+        try
+        {
+            step(this);
+        }
+        catch (Exception ex)
+        {
+            var failure = new IOException($"Connecting to {_remote} failed in the transport.", ex);
+            Fail(failure, "Error");
+            _result.TrySetException(failure);
+            throw;
+        }
     }
 
     /// <summary>On the loop: the handshake completed; the socket becomes a connection of this loop.</summary>
@@ -167,7 +186,7 @@ internal sealed class OutboundConnect : IEpollHandler
         }
 
         _done = true;
-        _cancellation.Unregister();
+        Finish();
         bool inEpollSet = _inTable;
         if (_inTable)
         {
@@ -215,7 +234,7 @@ internal sealed class OutboundConnect : IEpollHandler
         }
 
         _done = true;
-        _cancellation.Unregister();
+        Finish();
         if (_inTable)
         {
             // The table first, so an event already queued for this id in the current turn is dropped.
@@ -235,9 +254,26 @@ internal sealed class OutboundConnect : IEpollHandler
         _result.TrySetException(exception);
     }
 
+    /// <summary>The connect ended: neither the token's registration nor the timer keeps it alive any more.</summary>
+    private void Finish()
+    {
+        _cancellation.Unregister();
+        if (_timeoutTicket is { } ticket)
+        {
+            ticket.Connect = null;
+            _timeoutTicket = null;
+        }
+    }
+
     private static Task<ConnectionContext> Failed(EpollLoop loop, SocketException exception)
     {
         loop.Context.Metrics.ConnectFailed(exception.SocketErrorCode.ToString());
         return Task.FromException<ConnectionContext>(exception);
+    }
+
+    /// <summary>What the loop's timer holds: the connect while it is in progress, nothing after.</summary>
+    private sealed class TimeoutTicket(OutboundConnect connect)
+    {
+        public OutboundConnect? Connect { get; set; } = connect;
     }
 }
