@@ -11,12 +11,12 @@ internal sealed class ClientUsageException(string message) : Exception(message);
 /// The client's switches, <c>--Key value</c>: <c>Connect</c> (required: <c>host:port</c>, <c>[v6 address]:port</c>
 /// or <c>unix:/path</c>), <c>Connections</c> (1), <c>Bytes</c> per message (64), <c>Seconds</c> measured (10),
 /// <c>Warmup</c> seconds before that (2), <c>Threads</c>: event loops (1), <c>Inline</c>: run the ping-pong on the
-/// loops (<c>UnsafePreferInlineScheduling</c>, false).
+/// loops (<c>UnsafePreferInlineScheduling</c>, false), <c>Spin</c>: <c>SpinBeforeWait</c> in microseconds (50).
 /// </summary>
-internal sealed record ClientSettings(EndPoint Target, int Connections, int Bytes, double Seconds, double Warmup, int Threads, bool Inline)
+internal sealed record ClientSettings(EndPoint Target, int Connections, int Bytes, double Seconds, double Warmup, int Threads, bool Inline, int Spin)
 {
     public const string Usage =
-        "usage: EchoClient --Connect host:port|[::1]:port|unix:/path [--Connections 1] [--Bytes 64] [--Seconds 10] [--Warmup 2] [--Threads 1] [--Inline false]";
+        "usage: EchoClient --Connect host:port|[::1]:port|unix:/path [--Connections 1] [--Bytes 64] [--Seconds 10] [--Warmup 2] [--Threads 1] [--Inline false] [--Spin 50]";
 
     public static ClientSettings Parse(string[] args)
     {
@@ -31,7 +31,7 @@ internal sealed record ClientSettings(EndPoint Target, int Connections, int Byte
             values[args[i][2..]] = args[++i];
         }
 
-        string[] known = ["Connect", "Connections", "Bytes", "Seconds", "Warmup", "Threads", "Inline"];
+        string[] known = ["Connect", "Connections", "Bytes", "Seconds", "Warmup", "Threads", "Inline", "Spin"];
         if (values.Keys.FirstOrDefault(k => !known.Contains(k, StringComparer.OrdinalIgnoreCase)) is { } unknown)
         {
             throw new ClientUsageException($"--{unknown} is not a switch of the client.");
@@ -49,7 +49,8 @@ internal sealed record ClientSettings(EndPoint Target, int Connections, int Byte
             Number(values, "Seconds", 10, 1, 3600),
             Number(values, "Warmup", 2, 0, 600),
             Number(values, "Threads", 1, 1, 256),
-            values.TryGetValue("Inline", out string? inline) && bool.Parse(inline));
+            values.TryGetValue("Inline", out string? inline) && bool.Parse(inline),
+            Number(values, "Spin", 50, 0, 1000));
     }
 
     /// <summary><c>unix:/path</c>, an IP address with a port (IPv6 in brackets), or a host name with a port.</summary>

@@ -32,6 +32,7 @@ await using var factory = new EpollConnectionFactory(new EpollTransportOptions
 {
     ThreadCount = settings.Threads,
     UnsafePreferInlineScheduling = settings.Inline,
+    SpinBeforeWait = TimeSpan.FromMicroseconds(settings.Spin),
     ConnectTimeout = TimeSpan.FromSeconds(5),
 });
 
