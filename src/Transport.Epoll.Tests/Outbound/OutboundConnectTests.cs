@@ -165,6 +165,32 @@ public sealed class OutboundConnectTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task A_Unix_listener_with_a_full_backlog_refuses_at_once()
+    {
+        // A Unix stream socket does not wait for room in the backlog: a non-blocking connect fails with EAGAIN (unix(7)).
+        // listen(0) queues one connection that nobody accepts; the next is refused.
+        string path = Path.Combine(Path.GetTempPath(), $"epoll-out-full-{Guid.NewGuid():N}.sock");
+        try
+        {
+            using var listener = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+            listener.Bind(new UnixDomainSocketEndPoint(path));
+            listener.Listen(0);
+            await using var factory = OutboundClient.NewFactory();
+            await using ConnectionContext first = await factory.ConnectAsync(new UnixDomainSocketEndPoint(path)).WithTimeout();
+
+            var ex = await Assert.ThrowsAsync<SocketException>(() => factory.ConnectAsync(new UnixDomainSocketEndPoint(path)).AsTask().WithTimeout());
+
+            output.WriteLine(ex.Message);
+            Assert.Equal(SocketError.ConnectionRefused, ex.SocketErrorCode);
+            Assert.Contains("backlog is full", ex.Message, StringComparison.Ordinal);
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+
+    [Fact]
     public async Task A_host_name_is_resolved_and_connected()
     {
         await using var server = await TestServer.StartRawAsync(Transports.Sockets, Handlers.EchoAsync, output: output);
