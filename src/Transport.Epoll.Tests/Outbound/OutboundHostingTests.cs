@@ -39,6 +39,25 @@ public sealed class OutboundHostingTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task AddEpollConnectionFactory_called_before_the_transport_still_shares_its_loops()
+    {
+        await using var server = await TestServer.StartAsync(new TestServerOptions
+        {
+            Transport = Transports.Epoll,
+            ConnectionHandler = Handlers.EchoAsync,
+            ConfigureBuilder = b => b.Services.AddEpollConnectionFactory(),
+            Output = output,
+        });
+        var factory = server.App.Services.GetRequiredService<EpollConnectionFactory>();
+
+        await using ConnectionContext connection = await factory.ConnectAsync(server.EndPoint).WithTimeout();
+        await OutboundClient.SendThenReadToEndAsync(connection, "x"u8.ToArray());
+
+        Assert.Same(server.App.Services.GetRequiredService<EpollTransportFactory>().Group, factory.Group);
+        Assert.Single(server.App.Services.GetServices<IConnectionFactory>());
+    }
+
+    [Fact]
     public async Task Metrics_count_outbound_connections_apart_from_accepted_ones()
     {
         var serverDone = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
