@@ -21,6 +21,7 @@ public sealed class OptionsTests(ITestOutputHelper output)
     [InlineData(nameof(EpollTransportOptions.Backlog))]
     [InlineData(nameof(EpollTransportOptions.MaxPendingAccepts))]
     [InlineData(nameof(EpollTransportOptions.AcceptDistribution))]
+    [InlineData(nameof(EpollTransportOptions.ConnectTimeout))]
     public async Task A_bogus_option_fails_host_start_with_a_message_naming_it(string option)
     {
         Action<EpollTransportOptions> bogus = option switch
@@ -30,6 +31,7 @@ public sealed class OptionsTests(ITestOutputHelper output)
             nameof(EpollTransportOptions.MaxWriteBufferSize) => o => o.MaxWriteBufferSize = -1,
             nameof(EpollTransportOptions.Backlog) => o => o.Backlog = 0,
             nameof(EpollTransportOptions.MaxPendingAccepts) => o => o.MaxPendingAccepts = 0,
+            nameof(EpollTransportOptions.ConnectTimeout) => o => o.ConnectTimeout = TimeSpan.Zero,
             _ => o => o.AcceptDistribution = (EpollAcceptDistribution)42,
         };
 

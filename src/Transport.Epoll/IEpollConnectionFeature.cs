@@ -24,6 +24,9 @@ public interface IEpollConnectionFeature
     /// <exception cref="ObjectDisposedException">The connection is closed.</exception>
     Task<TResult> WithSocketAsync<TResult>(Func<int, TResult> action);
 
+    /// <summary>Whether the connection was accepted on an endpoint or opened by <see cref="EpollConnectionFactory"/>.</summary>
+    EpollConnectionDirection Direction { get; }
+
     /// <summary>The index of the event loop (the <c>epoll-N</c> thread) that owns the connection.</summary>
     int LoopIndex { get; }
 

@@ -31,6 +31,18 @@ public static class Repository
         }
     }
 
+    /// <summary>samples/EchoClient/bin/&lt;configuration&gt;/&lt;framework&gt;/EchoClient.dll, built like <see cref="SampleDll"/>.</summary>
+    public static string EchoClientDll
+    {
+        get
+        {
+            string dll = Path.Combine(Root, "samples", "EchoClient", "bin", Configuration, Framework, "EchoClient.dll");
+            return File.Exists(dll)
+                ? dll
+                : throw new FileNotFoundException($"{dll} not found: the test project's ProjectReference to samples/EchoClient builds it.");
+        }
+    }
+
     private static string FindRoot()
     {
         for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)

@@ -96,15 +96,16 @@ public sealed class MetricsTests(ITestOutputHelper output)
 
         // Close counts are recorded on the loop as each fd closes: wait for them.
         Assert.True(
-            await Poll.UntilAsync(() => Sum("epoll.connections.closed[reason=PeerClosed]") + Sum("epoll.connections.closed[reason=LocalClose]") >= Total),
+            await Poll.UntilAsync(() => Sum("epoll.connections.closed[reason=PeerClosed][direction=inbound]") + Sum("epoll.connections.closed[reason=LocalClose][direction=inbound]") >= Total),
             "Closed connections not counted: " + Dump(sums));
         listener.RecordObservableInstruments();
         output.WriteLine(Dump(sums));
 
         Assert.Equal(Total, Sum("epoll.connections.accepted"));
-        Assert.Equal(PeerClosing, Sum("epoll.connections.closed[reason=PeerClosed]"));
-        Assert.Equal(ServerClosing, Sum("epoll.connections.closed[reason=LocalClose]"));
-        Assert.Equal(0, Sum("epoll.connections.active"));
+        Assert.Equal(PeerClosing, Sum("epoll.connections.closed[reason=PeerClosed][direction=inbound]"));
+        Assert.Equal(ServerClosing, Sum("epoll.connections.closed[reason=LocalClose][direction=inbound]"));
+        Assert.Equal(0, Sum("epoll.connections.active[direction=inbound]"));
+        Assert.Equal(0, Sum("epoll.connections.connected"));
 
         long expectedBytes = (Total * (long)message.Length) + (ServerClosing * 3);
         Assert.Equal(expectedBytes, last.GetValueOrDefault("epoll.bytes.received"));

@@ -36,6 +36,7 @@ internal static class EpollTransportOptionsBinder
         [nameof(EpollTransportOptions.TcpUserTimeout)] = Duration(),
         [nameof(EpollTransportOptions.LoopStallThreshold)] = Duration(),
         [nameof(EpollTransportOptions.SpinBeforeWait)] = Duration(),
+        [nameof(EpollTransportOptions.ConnectTimeout)] = Duration(),
     };
 
     public static void Bind(IConfiguration section, EpollTransportOptions options)

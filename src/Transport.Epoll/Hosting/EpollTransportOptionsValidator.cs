@@ -10,6 +10,8 @@ internal sealed class EpollTransportOptionsValidator : IValidateOptions<EpollTra
     internal const int MinZeroCopyThreshold = 1024;
     internal const int MaxZeroCopyThreshold = 1 << 30;
     internal static readonly TimeSpan MaxSpinBeforeWait = TimeSpan.FromMilliseconds(1);
+    internal static readonly TimeSpan MinConnectTimeout = TimeSpan.FromMilliseconds(10);
+    internal static readonly TimeSpan MaxConnectTimeout = TimeSpan.FromHours(1);
 
     public ValidateOptionsResult Validate(string? name, EpollTransportOptions options)
     {
@@ -47,6 +49,11 @@ internal sealed class EpollTransportOptionsValidator : IValidateOptions<EpollTra
         if (options.SpinBeforeWait < TimeSpan.Zero || options.SpinBeforeWait > MaxSpinBeforeWait)
         {
             failures.Add($"EpollTransportOptions.SpinBeforeWait is {options.SpinBeforeWait}; it must be between {TimeSpan.Zero} (off) and {MaxSpinBeforeWait}.");
+        }
+
+        if (options.ConnectTimeout < MinConnectTimeout || options.ConnectTimeout > MaxConnectTimeout)
+        {
+            failures.Add($"EpollTransportOptions.ConnectTimeout is {options.ConnectTimeout}; it must be between {MinConnectTimeout} and {MaxConnectTimeout}.");
         }
 
         if (!Enum.IsDefined(options.AcceptDistribution))

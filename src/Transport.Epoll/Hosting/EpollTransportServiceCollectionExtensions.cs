@@ -14,7 +14,8 @@ public static class EpollTransportServiceCollectionExtensions
 {
     /// <summary>
     /// Registers the epoll transport as Kestrel's <see cref="IConnectionListenerFactory"/>. Endpoints it declines
-    /// (see <see cref="IConnectionListenerFactorySelector"/>) fall back to the factories registered before it.
+    /// (see <see cref="IConnectionListenerFactorySelector"/>) fall back to the factories registered before it. Also
+    /// registers <see cref="EpollConnectionFactory"/> as the <see cref="IConnectionFactory"/>, on the same loops.
     /// </summary>
     /// <exception cref="PlatformNotSupportedException">The system has no epoll; the message says why.</exception>
     public static IServiceCollection AddEpollTransport(this IServiceCollection services, Action<EpollTransportOptions>? configureOptions = null)
@@ -37,6 +38,9 @@ public static class EpollTransportServiceCollectionExtensions
             services.AddSingleton<EpollTransportFactory>();
             services.AddSingleton<IConnectionListenerFactory>(static sp => sp.GetRequiredService<EpollTransportFactory>());
         }
+
+        // Outbound connections on the same loops (IConnectionFactory, EpollConnectionFactory).
+        EpollConnectionFactoryServiceCollectionExtensions.AddFactory(services);
 
         return services;
     }

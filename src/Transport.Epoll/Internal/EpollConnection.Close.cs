@@ -125,7 +125,7 @@ internal sealed partial class EpollConnection
             AbandonProxyHeader();
             _closeReason = EpollCloseReason.Error;
             _closeError = reason;
-            _context.Metrics.ConnectionClosed(_closeReason);
+            _context.Metrics.ConnectionClosed(_closeReason, Direction);
         }
 
         _receiveState = ReceiveState.Done;
@@ -317,7 +317,7 @@ internal sealed partial class EpollConnection
 
         _files?.Abandon();
 
-        _context.Metrics.ConnectionClosed(_closeReason);
+        _context.Metrics.ConnectionClosed(_closeReason, Direction);
         EpollLog.ConnectionClosed(_logger, ConnectionId, _closeReason);
         FireConnectionClosed();
         Done(CloseStep.FdClosed);

@@ -9,7 +9,7 @@ using Transport.Epoll.Interop;
 namespace Transport.Epoll.Internal;
 
 /// <summary>
-/// One accepted socket, owned by one loop for its whole life. The loop's thread does all of its syscalls: reads into
+/// One connected socket (accepted, or opened by <see cref="EpollConnectionFactory"/>), owned by one loop for its whole life. The loop's thread does all of its syscalls: reads into
 /// the input pipe (<c>EpollConnection.Receive.cs</c>), writes from the output pipe (<c>EpollConnection.Send.cs</c>),
 /// and the close (<c>EpollConnection.Close.cs</c>); its states are in <c>EpollConnection.Lifecycle.cs</c>. Calls from other threads (Abort, DisposeAsync) are handed to
 /// the loop; they carry this object, whose fd is -1 once closed, so late work never reaches the fd's next owner.
@@ -29,10 +29,11 @@ internal sealed partial class EpollConnection : ConnectionContext, IEpollHandler
     private IDictionary<object, object?>? _items;
     private long _lastActivity;
 
-    public EpollConnection(int fd, EpollLoop loop, EndPoint? localEndPoint, EndPoint? remoteEndPoint)
+    public EpollConnection(int fd, EpollLoop loop, EndPoint? localEndPoint, EndPoint? remoteEndPoint, EpollConnectionDirection direction)
     {
         _fd = fd;
         Loop = loop;
+        Direction = direction;
         _lastActivity = loop.Now;
         _context = loop.Context;
         _logger = _context.Logger;
@@ -71,6 +72,9 @@ internal sealed partial class EpollConnection : ConnectionContext, IEpollHandler
     }
 
     public ulong Id { get; set; }
+
+    /// <summary>Accepted on an endpoint, or opened by the connection factory: everything else is the same.</summary>
+    public EpollConnectionDirection Direction { get; }
 
     /// <summary>Links in the owning loop's list of connections (see EpollLoop.Connections.cs).</summary>
     public EpollConnection? NextOnLoop { get; set; }

@@ -20,34 +20,52 @@ internal sealed partial class EpollLoop
     public int ConnectionCount { get; private set; }
 
     /// <summary>
-    /// Makes a socket accepted on this loop's thread a connection of this loop: socket options, its endpoints, an id
-    /// in the table, its registration in the epoll set, its send side started. Null when the registration failed (the
-    /// fd is closed then, and the failure logged).
+    /// Makes a socket accepted on this loop's thread a connection of this loop (see <see cref="SetUpConnection"/>).
+    /// Null when the registration failed (the fd is closed then, and the failure logged).
     /// </summary>
     public EpollConnection? SetUpAccepted(int fd, ListenSocket socket, EndPoint? remote)
     {
-        if (socket.IsTcp)
-        {
-            TcpOptions.Apply(fd, Context.Options);
-        }
-
         // A wildcard listener's connections each have the address the peer actually reached (getsockname).
         EndPoint? local = socket.EndPoint is IPEndPoint ip && (ip.Address.Equals(IPAddress.Any) || ip.Address.Equals(IPAddress.IPv6Any))
             ? SockAddr.LocalOf(fd)
             : socket.EndPoint;
 
-        var connection = new EpollConnection(fd, this, local, remote);
-        Table.Add(connection);
-        Error error = Register(fd, EpollConnection.ConnectionEvents, connection.Id);
-        if (error != Error.Success)
+        EpollConnection? connection = SetUpConnection(fd, socket.IsTcp, local, remote, EpollConnectionDirection.Inbound, inEpollSet: false, out Error error);
+        if (connection is null)
         {
             EpollLog.ConnectionSetupFailed(_logger, socket.EndPoint.ToString() ?? "?", error.ToString());
+        }
+
+        return connection;
+    }
+
+    /// <summary>
+    /// Makes a connected socket a connection of this loop, on this loop's thread, whoever opened it (accept4, or the
+    /// connection factory's connect): socket options, an id in the table, its registration in the epoll set with the
+    /// connection's events, its send side started. A socket already in the epoll set (an outbound connect waited there
+    /// for EPOLLOUT) is modified instead of added; EPOLL_CTL_MOD re-checks readiness, so bytes the peer sent meanwhile
+    /// raise EPOLLIN at once (epoll_ctl(2)). Null, with the fd closed, when the registration failed.
+    /// </summary>
+    public EpollConnection? SetUpConnection(int fd, bool isTcp, EndPoint? local, EndPoint? remote, EpollConnectionDirection direction, bool inEpollSet, out Error error)
+    {
+        if (isTcp)
+        {
+            TcpOptions.Apply(fd, Context.Options);
+        }
+
+        var connection = new EpollConnection(fd, this, local, remote, direction);
+        Table.Add(connection);
+        error = inEpollSet
+            ? Rearm(fd, EpollConnection.ConnectionEvents, connection.Id)
+            : Register(fd, EpollConnection.ConnectionEvents, connection.Id);
+        if (error != Error.Success)
+        {
             Table.Remove(connection.Id);
             _ = Libc.close(fd);
             return null;
         }
 
-        Context.Metrics.ConnectionAccepted();
+        Context.Metrics.ConnectionOpened(direction);
         connection.Start();
         return connection;
     }

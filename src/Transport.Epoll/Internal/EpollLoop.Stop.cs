@@ -7,6 +7,10 @@ namespace Transport.Epoll.Internal;
 /// </summary>
 internal sealed unsafe partial class EpollLoop
 {
+    /// <summary>True once the loop has stopped serving: its handlers were told, its epoll fd is closed, and work still
+    /// scheduled runs as late work on the scheduling thread.</summary>
+    public bool HasStopped => Volatile.Read(ref _terminated) != 0;
+
     /// <summary>Stops the loop: registered handlers are told, the thread exits, the epoll fd and eventfd are closed.</summary>
     public Task StopAsync()
     {

@@ -13,7 +13,12 @@ internal sealed class EpollMetrics : IDisposable
     private readonly Lock _lock = new();
     private readonly List<LoopCounters> _live = [];
     private readonly LoopCounters _retired = new();
+    private static readonly KeyValuePair<string, object?> s_inbound = new("direction", "inbound");
+    private static readonly KeyValuePair<string, object?> s_outbound = new("direction", "outbound");
+
     private readonly Counter<long> _accepted;
+    private readonly Counter<long> _connected;
+    private readonly Counter<long> _connectFailures;
     private readonly Counter<long> _closed;
     private readonly UpDownCounter<long> _active;
     private readonly Counter<long> _acceptBackOffs;
@@ -28,8 +33,10 @@ internal sealed class EpollMetrics : IDisposable
     {
         _meter = meterFactory?.Create(EpollTransport.MeterName) ?? new Meter(EpollTransport.MeterName);
         _accepted = _meter.CreateCounter<long>("epoll.connections.accepted", "{connection}", "Connections accepted.");
-        _closed = _meter.CreateCounter<long>("epoll.connections.closed", "{connection}", "Connections closed, tagged with the close reason.");
-        _active = _meter.CreateUpDownCounter<long>("epoll.connections.active", "{connection}", "Connections open now.");
+        _connected = _meter.CreateCounter<long>("epoll.connections.connected", "{connection}", "Outbound connections established (EpollConnectionFactory).");
+        _connectFailures = _meter.CreateCounter<long>("epoll.connect.failures", "{connect}", "Outbound connects that failed, tagged with the error (a SocketError name, ConnectTimeout, Canceled or Shutdown).");
+        _closed = _meter.CreateCounter<long>("epoll.connections.closed", "{connection}", "Connections closed, tagged with the close reason and the direction (inbound, outbound).");
+        _active = _meter.CreateUpDownCounter<long>("epoll.connections.active", "{connection}", "Connections open now, tagged with the direction (inbound, outbound).");
         _acceptBackOffs = _meter.CreateCounter<long>("epoll.accept.backoffs", "{backoff}", "Times accepting paused because the process ran out of file descriptors or memory.");
         _proxyUntrusted = _meter.CreateCounter<long>("epoll.proxy_protocol.untrusted", "{connection}", "Connections refused at accept on an endpoint that requires the PROXY protocol, because they did not come from a trusted proxy.");
         _staleEvents = _meter.CreateCounter<long>("epoll.events.stale", "{event}", "Events dropped because their connection id was no longer live.");
@@ -98,20 +105,38 @@ internal sealed class EpollMetrics : IDisposable
         }
     }
 
-    public void ConnectionAccepted()
+    /// <summary>A connection was set up on a loop: accepted (inbound) or connected by the factory (outbound).</summary>
+    public void ConnectionOpened(EpollConnectionDirection direction)
     {
         Interlocked.Increment(ref _activeCount);
-        _accepted.Add(1);
-        _active.Add(1);
+        if (direction == EpollConnectionDirection.Outbound)
+        {
+            _connected.Add(1);
+        }
+        else
+        {
+            _accepted.Add(1);
+        }
+
+        _active.Add(1, Tag(direction));
     }
 
-    public void ConnectionClosed(EpollCloseReason reason)
+    public void ConnectionClosed(EpollCloseReason reason, EpollConnectionDirection direction)
     {
         Interlocked.Decrement(ref _activeCount);
-        _active.Add(-1);
+        _active.Add(-1, Tag(direction));
         if (_closed.Enabled)
         {
-            _closed.Add(1, new KeyValuePair<string, object?>("reason", reason.ToString()));
+            _closed.Add(1, new KeyValuePair<string, object?>("reason", reason.ToString()), Tag(direction));
+        }
+    }
+
+    /// <summary>An outbound connect failed; <paramref name="error"/> is the tag (see the instrument's description).</summary>
+    public void ConnectFailed(string error)
+    {
+        if (_connectFailures.Enabled)
+        {
+            _connectFailures.Add(1, new KeyValuePair<string, object?>("error", error));
         }
     }
 
@@ -134,4 +159,7 @@ internal sealed class EpollMetrics : IDisposable
     }
 
     public void Dispose() => _meter.Dispose();
+
+    private static KeyValuePair<string, object?> Tag(EpollConnectionDirection direction)
+        => direction == EpollConnectionDirection.Outbound ? s_outbound : s_inbound;
 }

@@ -75,7 +75,12 @@ internal sealed class LoopWatchdog : IDisposable
     {
         if (EpollLoop.ConnectionOf(serving) is { } connection)
         {
-            return ($"connection {connection.ConnectionId}", connection.LocalEndPoint?.ToString() ?? "an endpoint");
+            // An outbound connection's local endpoint is an ephemeral port, one per connection: its server names it,
+            // so that a stall is still reported once per place and not once per connection.
+            string endPoint = connection.Direction == EpollConnectionDirection.Outbound
+                ? "outbound to " + (connection.RemoteEndPoint?.ToString() ?? "?")
+                : connection.LocalEndPoint?.ToString() ?? "an endpoint";
+            return ($"connection {connection.ConnectionId}", endPoint);
         }
 
         // Accepting runs Kestrel's accept continuation, and with inline scheduling the new connection's first code.

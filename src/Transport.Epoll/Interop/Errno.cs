@@ -20,6 +20,7 @@ internal enum Error
     ENOSYS = 38,
     EPROTO = 71,
     EOPNOTSUPP = 95,
+    EAFNOSUPPORT = 97,
     EADDRINUSE = 98,
     EADDRNOTAVAIL = 99,
     ENETDOWN = 100,
@@ -27,9 +28,14 @@ internal enum Error
     ECONNABORTED = 103,
     ECONNRESET = 104,
     ENOBUFS = 105,
+    EISCONN = 106,
     ENOTCONN = 107,
     ETIMEDOUT = 110,
+    ECONNREFUSED = 111,
+    EHOSTDOWN = 112,
     EHOSTUNREACH = 113,
+    EALREADY = 114,
+    EINPROGRESS = 115,
 }
 
 /// <summary>errno as a typed value, and the few predicates the rest of the transport uses instead of errno checks.</summary>

@@ -50,6 +50,20 @@ internal static unsafe partial class Libc
         return rc;
     }
 
+    /// <summary>
+    /// getsockopt(SO_ERROR): the socket's pending error, which the call also clears; after a non-blocking connect, 0
+    /// means connected and anything else is why the connect failed (connect(2), "EINPROGRESS").
+    /// </summary>
+    public static Error TakeSocketError(int fd)
+    {
+        if (GetIntOption(fd, SOL_SOCKET, SO_ERROR, out int pending) != 0)
+        {
+            return Errno.Last;
+        }
+
+        return (Error)pending;
+    }
+
     /// <summary>SO_LINGER {on, 0}: close(2) then discards unsent data and sends a RST instead of a FIN.</summary>
     public static int SetLingerZero(int fd)
     {
