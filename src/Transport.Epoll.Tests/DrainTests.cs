@@ -24,14 +24,18 @@ public sealed class DrainTests(ITestOutputHelper output)
     public async Task A_keep_alive_HTTP1_client_gets_Connection_close_on_its_next_response_then_the_server_closes(string transport)
     {
         var started = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         await using var server = await TestServer.StartHttpAsync(transport, app =>
         {
             TestApp.Map(app);
-            app.MapGet("/held", async () =>
+            app.MapGet("/held", async (HttpContext context) =>
             {
+                // Answers once Kestrel asked the connection to close: its stop unbinds first and asks each
+                // connection a moment later, so "the listener refuses" alone does not order the two.
+                CancellationToken closeRequested = context.Features.Get<IConnectionLifetimeNotificationFeature>()!.ConnectionClosedRequested;
+                var asked = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                using CancellationTokenRegistration registration = closeRequested.Register(() => asked.TrySetResult());
                 started.TrySetResult();
-                await release.Task.WaitAsync(Timeouts.Bulk);
+                await asked.Task.WaitAsync(Timeouts.Bulk);
                 return Results.Text("released");
             });
         }, output: output);
@@ -50,7 +54,6 @@ public sealed class DrainTests(ITestOutputHelper output)
         Task stop = server.StopAsync();
         Assert.True(await Poll.UntilAsync(() => IsRefusedAsync(server.IPEndPoint)), "The server still accepts after the stop began.");
 
-        release.SetResult();
         RawHttpResponse next = await reader.ReadResponseAsync();
         Assert.Equal(200, next.StatusCode);
         Assert.Equal("released", next.BodyText);

@@ -34,7 +34,9 @@ internal sealed partial class EpollConnection : ConnectionContext, IEpollHandler
         _fd = fd;
         Loop = loop;
         Direction = direction;
-        _lastActivity = loop.Now;
+        // The clock now, not the loop's turn start (Now): a connection set up at the end of a long turn (a starved
+        // core) must not look idle for that turn's length at the next idle scan.
+        _lastActivity = Environment.TickCount64;
         _context = loop.Context;
         _logger = _context.Logger;
         LocalEndPoint = localEndPoint;
