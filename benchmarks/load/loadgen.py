@@ -44,6 +44,8 @@ LOADS = [
          unit="round trips/s", cost_unit="µs/round trip", http=False),
     Load("bulk", "raw TCP echo, 4 connections streaming 64 KiB writes", "bulk", 4,
          unit="MB/s", cost_unit="ms/GB", http=False),
+    Load("idle5k", "memory per idle connection, 5,000 connections", "idle", 5000,
+         unit="bytes/conn", cost_unit="", http=False),
     Load("idle", "memory per idle connection, 10,000 connections", "idle", 10000,
          unit="bytes/conn", cost_unit="", http=False),
 ]

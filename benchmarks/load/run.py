@@ -69,7 +69,8 @@ def parse_args(argv):
                    help="seconds the whole run may take (default 590; 115 with --quick; twice that with --aot): "
                         "dropped samples are run again only while the plan still fits; 0: no limit")
     noise.add_arguments(p)
-    p.add_argument("--idle-conns", type=int, default=10000, help="connections for the idle load (default 10000)")
+    p.add_argument("--idle-conns", type=int, default=10000,
+                   help="connections for the idle load (default 10000; idle5k always opens 5000)")
     p.add_argument("--idle-settle", type=float,
                    help="seconds between the server holding them all and reading its RSS (default 1; 0.5 quick)")
     p.add_argument("--no-build", action="store_true",
@@ -104,7 +105,7 @@ def main(argv=None) -> int:
     loads = cli.pick(args.loads, LOADS, "run.py", "load")
     idle_label = f"memory per idle connection, {args.idle_conns:,} connections"
     loads = [Load(l.name, idle_label, l.tool, args.idle_conns, unit=l.unit, cost_unit=l.cost_unit, http=False)
-             if l.tool == "idle" else l for l in loads]
+             if l.name == "idle" else l for l in loads]
     extra = [variants_mod.parse_variant(s) for s in args.variant]
     defaults = ["sockets", "epoll", "epoll-inline"] + (["nginx"] if args.nginx else [])
     variants = variants_mod.choose(args.variants, defaults, extra, "run.py")

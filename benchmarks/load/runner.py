@@ -76,10 +76,8 @@ class Runner:
             r["failure"] = (r.get("failure", "") + f"; the server exited ({server.proc.returncode})").lstrip("; ")
         return r
 
-    def idle_memory(self, server) -> dict:
-        """RSS growth of the server while N idle connections are open, per connection."""
-        n = self.args.idle_conns
-
+    def idle_memory(self, server, n: int) -> dict:
+        """RSS growth of the server while n idle connections are open, per connection."""
         def hold(count: int, max_hold: float):
             proc = procs.spawn(loadgen.idle_command(server.http_port, count, max_hold, self.args.client_cpu),
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -219,8 +217,7 @@ class Runner:
         Neighbouring samples of one load are seconds apart, so a burst of noise or a drift of the machine hits
         the variants alike, which a whole session per variant would not."""
         steps = []
-        idle = next((l for l in self.loads if l.tool == "idle"), None)
-        if idle:
+        for idle in [l for l in self.loads if l.tool == "idle"]:
             for rnd in range(1, self.args.rounds + 1):
                 for v in self.variants:
                     if v.kind == "dotnet":
@@ -377,7 +374,7 @@ class Runner:
                                                 "failure": "the server did not start"}, dropped=False)
             return
         try:
-            r = self.idle_memory(server)
+            r = self.idle_memory(server, load.conns)
         finally:
             self.finish_server(server)
         self.record(load, variant, rnd, 1, r, dropped=False)
