@@ -19,7 +19,7 @@ TCPLOAD = HERE / ".bin" / "tcpload"
 class Load:
     name: str
     label: str
-    tool: str  # wrk | h2load | pingpong | bulk | idle
+    tool: str  # wrk | h2load | pingpong | bulk | fanout | idle
     conns: int
     path: str = "/plaintext"
     pipeline: int = 1
@@ -44,6 +44,8 @@ LOADS = [
          unit="round trips/s", cost_unit="µs/round trip", http=False),
     Load("bulk", "raw TCP echo, 4 connections streaming 64 KiB writes", "bulk", 4,
          unit="MB/s", cost_unit="ms/GB", http=False),
+    Load("fanout", "chat broadcast, a 64 B line to 10,000 connections, 16 broadcasts in flight", "fanout", 10001,
+         unit="lines/s", cost_unit="µs/line", http=False),
     Load("idle5k", "memory per idle connection, 5,000 connections", "idle", 5000,
          unit="bytes/conn", cost_unit="", http=False),
     Load("idle", "memory per idle connection, 10,000 connections", "idle", 10000,
@@ -52,6 +54,7 @@ LOADS = [
 LOADS_BY_NAME = {load.name: load for load in LOADS}
 ECHO_MSG_BYTES = 64
 BULK_CHUNK_BYTES = 64 * 1024
+FANOUT_LINE_BYTES = 64
 
 PIPELINE_LUA = """\
 -- wrk pipelining: each write carries `depth` requests (TechEmpower's pipeline.lua). Written by run.py.
@@ -77,7 +80,7 @@ def needs(loads) -> list:
         out.append(("wrk", "wrk (apt-get install wrk)"))
     if any(l.tool == "h2load" for l in loads):
         out.append(("h2load", "h2load (apt-get install nghttp2-client)"))
-    if any(l.tool in ("pingpong", "bulk", "idle") for l in loads):
+    if any(l.tool in ("pingpong", "bulk", "fanout", "idle") for l in loads):
         out.append(("gcc", "gcc, to compile tcpload.c for the echo loads (apt-get install gcc)"))
     return out
 
@@ -109,6 +112,9 @@ def command(load: Load, server, seconds: float, client_cpu: int, lua: Path) -> l
     if load.tool in ("pingpong", "bulk"):
         size = ECHO_MSG_BYTES if load.tool == "pingpong" else BULK_CHUNK_BYTES
         return pin + [str(TCPLOAD), load.tool, HOST, str(echo_port), str(load.conns), str(size), f"{seconds:g}"]
+    if load.tool == "fanout":
+        return pin + [str(TCPLOAD), "fanout", HOST, str(server.chat_port), str(load.conns), str(FANOUT_LINE_BYTES),
+                      f"{seconds:g}"]
     raise ValueError(load.tool)
 
 
@@ -190,6 +196,8 @@ def parse_tcpload(out: str) -> dict:
         r["p99_ms"] = d["p99_us"] / 1000
     if d.get("mode") == "bulk":
         r["rate"] = d["mb_per_s"]
+    if d.get("bad_lines"):
+        r["failure"] = f"{d['bad_lines']} chat lines torn, out of order or not the broadcast"
     closed = d.get("closed_by_server", 0)
     if closed or d.get("alive_at_end", d.get("conns")) != d.get("conns"):
         r["errors"] += closed

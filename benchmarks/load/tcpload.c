@@ -12,7 +12,9 @@
  *       "say <text>" lines sized so that each delivered line ("<hex id>: <text>\n") is MSG_BYTES long,
  *       keeping at most FANOUT_WINDOW broadcasts in flight (a broadcast is done when every other
  *       connection received its line). Reports lines delivered per second (ops) and checks that every
- *       line is whole and from the sender.
+ *       line is whole and from the sender. Once every connection has its id it prints "connected N" and
+ *       waits for a line (or end of file) on stdin before it starts, so that a caller can measure the
+ *       server over the broadcasts alone, without the 10,000 accepts.
  *   tcpload idle HOST PORT CONNS MAX_HOLD_SECONDS
  *       Opens CONNS connections that send nothing, prints "connected N" on stdout, then holds them
  *       until a line (or end of file) arrives on stdin, or MAX_HOLD_SECONDS pass; then checks which are
@@ -373,6 +375,15 @@ static int run_fanout(int conns, size_t msg, double seconds)
     int say_len = snprintf(say, sizeof say, "say %s\n", expect + prefix);
     uint64_t receivers = 0;
     for (int i = 1; i < conns; i++) if (!c[i].dead) receivers++;
+    printf("connected %d\n", opened);
+    fflush(stdout);
+    {
+        struct pollfd p = { .fd = 0, .events = POLLIN };
+        if (poll(&p, 1, 60000) > 0) {
+            char go[64];
+            if (read(0, go, sizeof go) < 0) { /* end of file or an error: start all the same */ }
+        }
+    }
 
     uint64_t done_count[FANOUT_WINDOW] = { 0 };
     uint64_t sent = 0, completed = 0, delivered = 0;
