@@ -15,7 +15,8 @@ public static class EpollTransportServiceCollectionExtensions
     /// <summary>
     /// Registers the epoll transport as Kestrel's <see cref="IConnectionListenerFactory"/>. Endpoints it declines
     /// (see <see cref="IConnectionListenerFactorySelector"/>) fall back to the factories registered before it. Also
-    /// registers <see cref="EpollConnectionFactory"/> as the <see cref="IConnectionFactory"/>, on the same loops.
+    /// registers <see cref="EpollConnectionFactory"/> as the <see cref="IConnectionFactory"/>, on the same loops. Also registers
+    /// <see cref="IEpollConnections"/>, which addresses the transport's connections by id.
     /// </summary>
     /// <exception cref="PlatformNotSupportedException">The system has no epoll; the message says why.</exception>
     public static IServiceCollection AddEpollTransport(this IServiceCollection services, Action<EpollTransportOptions>? configureOptions = null)
@@ -37,6 +38,7 @@ public static class EpollTransportServiceCollectionExtensions
         {
             services.AddSingleton<EpollTransportFactory>();
             services.AddSingleton<IConnectionListenerFactory>(static sp => sp.GetRequiredService<EpollTransportFactory>());
+            services.AddSingleton<IEpollConnections>(static sp => new EpollConnections(sp.GetRequiredService<EpollTransportFactory>()));
         }
 
         // Outbound connections on the same loops (IConnectionFactory, EpollConnectionFactory).

@@ -117,6 +117,7 @@ internal sealed partial class EpollConnection
         if (fd >= 0)
         {
             _flushingThread?.ShutNow();
+            IgnoreFailure(static (c, _) => c.ForgetAddressing(), reason);
             Loop.Table.Remove(Id);
             Loop.RemoveConnection(this);
             Volatile.Write(ref _fd, -1);
@@ -181,7 +182,7 @@ internal sealed partial class EpollConnection
             return;
         }
 
-        long unsent = closeReason is EpollCloseReason.Aborted or EpollCloseReason.TransportShutdown ? UnsentOutputBytes() : 0;
+        long unsent = closeReason is EpollCloseReason.Aborted or EpollCloseReason.TransportShutdown ? UnsentOutputBytes() + (_byId?.QueuedBytes ?? 0) : 0;
         if (unsent > 0)
         {
             // Bytes the application wrote are about to be dropped: say so, so an aborted response is never lost
@@ -304,6 +305,7 @@ internal sealed partial class EpollConnection
         Volatile.Write(ref _fd, -1);
         _ = Libc.close(fd);
         AbandonProxyHeader();
+        ForgetAddressing();
 
         if (!InputDone)
         {

@@ -65,6 +65,14 @@ internal sealed partial class EpollConnection
             connection.RereadOutput();
         }
 
+        /// <summary>On the loop, from the by-id queue: <paramref name="job"/> goes out at stream position
+        /// <paramref name="position"/>, where every byte before it is sent already.</summary>
+        public void StartAt(SendFileJob job, long position)
+        {
+            Job = job;
+            job.StreamPosition = position;
+        }
+
         public void Cancel(SendFileJob job, CancellationToken token)
         {
             if (Job != job)

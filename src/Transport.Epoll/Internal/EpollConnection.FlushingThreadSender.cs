@@ -116,7 +116,8 @@ internal sealed partial class EpollConnection
         /// <summary>Whether a flushing thread sends this read result itself: only a large flush with nothing special in it.</summary>
         public static bool Takes(in ReadResult result, SendFileJob? job, EpollConnection connection)
             => !result.IsCompleted && job is null && connection._fd >= 0 && !connection.SendDone
-                && connection._positions.UnsentIn(result.Buffer) >= FlusherSendMinBytes;
+                && connection._positions.UnsentIn(result.Buffer) >= FlusherSendMinBytes
+                && !connection.ByIdBusy;
 
         /// <summary>On a flushing thread, inside the gate: the rest of this send is the loop's (see the class comment).</summary>
         public void HandOver(Error error = Error.Success, Exception? exception = null)

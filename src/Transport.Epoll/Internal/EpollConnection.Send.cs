@@ -32,6 +32,9 @@ internal sealed partial class EpollConnection
         HeldBack,
         SocketError,
         FileFailed,
+
+        /// <summary>A graceful close by id reached the head of the by-id queue: everything before it is sent.</summary>
+        ClosedById,
     }
 
     /// <summary>Tests only: thrown by the next send, on whichever thread runs it, to stand for a bug in the send path.</summary>
@@ -122,6 +125,21 @@ internal sealed partial class EpollConnection
         error = Error.Success;
         while (true)
         {
+            if (_byId is { HeldCount: > 0 } && job is null && !OnFlusher)
+            {
+                // A message by id is partly with the kernel: its rest goes before any other byte.
+                SendStop byId = SendById(ref job, out error);
+                if (byId != SendStop.Sent || job is not null)
+                {
+                    if (byId != SendStop.Sent)
+                    {
+                        return byId;
+                    }
+
+                    continue;
+                }
+            }
+
             if (job is not null && _positions.Sent >= job.StreamPosition)
             {
                 switch (_files!.Step(job, bufferEnd))
@@ -140,6 +158,19 @@ internal sealed partial class EpollConnection
             long limit = job?.StreamPosition ?? bufferEnd;
             if (_positions.Sent >= limit)
             {
+                if (job is null && !OnFlusher && _byId is { IsEmpty: false })
+                {
+                    // Every byte the handler flushed so far is sent (a read ends where a flush ended): messages by id
+                    // go out here, between two of the handler's flushes (EpollConnection.ById.cs).
+                    SendStop byId = SendById(ref job, out error);
+                    if (byId == SendStop.Sent && job is not null)
+                    {
+                        continue;
+                    }
+
+                    return byId;
+                }
+
                 return SendStop.Sent;
             }
 
@@ -182,6 +213,9 @@ internal sealed partial class EpollConnection
             case SendStop.FileFailed:
                 _files!.Fail();
                 break;
+            case SendStop.ClosedById:
+                CloseByIdOnLoop();
+                break;
             case SendStop.Partial:
                 // The kernel took part of it; the rest waits for EPOLLOUT (registered once, edge-triggered).
                 _sendState = SendState.AwaitingWritable;
@@ -209,7 +243,9 @@ internal sealed partial class EpollConnection
             return false;
         }
 
-        // Every byte is with the kernel: send FIN, keep reading (half-close) until the peer's FIN or the application's end.
+        // Every byte is with the kernel (what was queued by id too: it went out at the end of this read): nothing more
+        // is sent by id. Send FIN, keep reading (half-close) until the peer's FIN or the application's end.
+        EndById();
         _ = Libc.shutdown(_fd, Libc.SHUT_WR);
         SetCloseReason(EpollCloseReason.LocalClose, null);
         if (ZeroCopyPending)

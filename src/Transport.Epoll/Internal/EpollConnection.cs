@@ -25,6 +25,7 @@ internal sealed partial class EpollConnection : ConnectionContext, IEpollHandler
     private readonly Pipe _input;
     private readonly Pipe _output;
     private int _fd;
+    private IDuplexPipe _transport;
     private string? _connectionId;
     private IDictionary<object, object?>? _items;
     private long _lastActivity;
@@ -69,7 +70,7 @@ internal sealed partial class EpollConnection : ConnectionContext, IEpollHandler
             useSynchronizationContext: false));
 
         // The connection is its own original duplex pipe: one object less per connection (idle connections count).
-        Transport = this;
+        _transport = this;
         _onOutputReadable = OnOutputReadable;
     }
 
@@ -108,7 +109,18 @@ internal sealed partial class EpollConnection : ConnectionContext, IEpollHandler
         set => _items = value;
     }
 
-    public override IDuplexPipe Transport { get; set; }
+    public override IDuplexPipe Transport
+    {
+        get => _transport;
+        set
+        {
+            _transport = value;
+            if (!ReferenceEquals(value, this) && _byId is not null)
+            {
+                RevokeAddressing("its Transport was replaced");
+            }
+        }
+    }
 
     public override EndPoint? LocalEndPoint { get; set; }
 
@@ -179,6 +191,7 @@ internal sealed partial class EpollConnection : ConnectionContext, IEpollHandler
         if (_sendState == SendState.AwaitingWritable && _fd >= 0)
         {
             _sendState = SendState.Sending;
+            PrepareWritableForById();
             ReadOutput();
         }
     }

@@ -5,7 +5,7 @@ namespace Transport.Epoll.Internal;
 /// <summary>
 /// Every log line of the transport, in the logger category <see cref="Category"/>, with stable event ids in ranges by
 /// where the event happens: 1-99 event loops, 100-199 listeners and accept, 200-299 connections, 300-399 sendfile and
-/// zero-copy sends. An id, once shipped, keeps its meaning (log queries and alerts filter on it); a new event takes the
+/// zero-copy sends, 400-499 connections addressed by id. An id, once shipped, keeps its meaning (log queries and alerts filter on it); a new event takes the
 /// next free id of its range, under its heading below. EpollLogTests checks that every id lies in the range of its
 /// heading, that the headings are these ranges, and that no two events share an id.
 /// </summary>
@@ -126,4 +126,14 @@ internal static partial class EpollLog
 
     [LoggerMessage(303, LogLevel.Warning, "Connection {ConnectionId}: closed with {Count} zero-copy sends the kernel had not completed after {Milliseconds} ms; their buffers are not reused.")]
     public static partial void ZeroCopyCompletionsTimedOut(ILogger logger, string connectionId, int count, long milliseconds);
+
+    // 400-499: connections addressed by id.
+    [LoggerMessage(400, LogLevel.Debug, "Connection {ConnectionId} is addressable by id.")]
+    public static partial void MadeAddressable(ILogger logger, string connectionId);
+
+    [LoggerMessage(401, LogLevel.Debug, "Connection {ConnectionId} closed by id, after what was queued before the close.")]
+    public static partial void ClosedById(ILogger logger, string connectionId);
+
+    [LoggerMessage(402, LogLevel.Warning, "Connection {ConnectionId} is no longer addressable by id: {Why}. What was queued by id is dropped.")]
+    public static partial void AddressingRevoked(ILogger logger, string connectionId, string why);
 }

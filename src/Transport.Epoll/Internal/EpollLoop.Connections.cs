@@ -35,6 +35,12 @@ internal sealed partial class EpollLoop
         {
             EpollLog.ConnectionSetupFailed(_logger, socket.EndPoint.ToString() ?? "?", error.ToString());
         }
+        else
+        {
+            // Before Kestrel has the connection, so before its handler can make it addressable (what a broadcast to
+            // this endpoint matches).
+            connection.ListenEndPoint = socket.EndPoint;
+        }
 
         return connection;
     }

@@ -138,6 +138,9 @@ internal sealed unsafe partial class EpollLoop : PipeScheduler, IDisposable
     /// <summary>The iovecs and pins of this loop's writev calls (sends happen only on this thread).</summary>
     public WriteScratch WriteScratch { get; } = new();
 
+    /// <summary>The messages of one sendmsg of bytes written by id (EpollConnection.ById.cs); loop only.</summary>
+    public ByIdMessage?[] ByIdBatch { get; } = new ByIdMessage?[WriteScratch.MaxSegments];
+
     /// <summary>When the current turn started (<see cref="Environment.TickCount64"/>), or 0 while the loop waits in
     /// epoll_wait. Read by the stall watchdog on another thread.</summary>
     public long TurnStartedAt => Volatile.Read(ref _turnStartedAt);

@@ -38,6 +38,9 @@ internal sealed class EpollTransportFactory : IConnectionListenerFactory, IConne
     /// the same threads as accepted ones.</summary>
     internal SharedLoopGroup Loops { get; }
 
+    /// <summary>What the loops share; <see cref="EpollConnections"/> finds this transport's connections by it.</summary>
+    internal TransportContext Context => _context;
+
     public bool CanBind(EndPoint endpoint) => endpoint switch
     {
         IPEndPoint => true,

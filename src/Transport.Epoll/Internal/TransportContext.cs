@@ -34,6 +34,9 @@ internal sealed class TransportContext
 
     public EpollTransportOptions Options { get; }
 
+    /// <summary>The connections of this transport that opted in to addressing by id.</summary>
+    public AddressableConnections Addressable { get; } = new();
+
     public ILogger Logger { get; }
 
     public EpollMetrics Metrics { get; }
