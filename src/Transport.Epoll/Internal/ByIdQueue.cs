@@ -52,6 +52,8 @@ internal sealed class ByIdQueue
     private int _wakeUpPending;
     private int _revoked;
     private int _heldCount;
+    private ByIdItem _lookahead;
+    private bool _hasLookahead;
 
     /// <summary>Loop only: messages dequeued but not all sent (the first partly, from <see cref="HeldOffset"/>). Made at
     /// the first partial write of a message; never more than one sendmsg batch.</summary>
@@ -82,7 +84,12 @@ internal sealed class ByIdQueue
     /// <summary>Closed, or a graceful close is queued (what is written after it would never go out).</summary>
     public bool RefusesWrites => Volatile.Read(ref _closed) != 0 || Volatile.Read(ref _closeRequested) != 0;
 
-    public bool IsEmpty => _items.IsEmpty;
+    /// <summary>Nothing queued. (ConcurrentQueue.IsEmpty does not pin the queue's segment; TryPeek would: a segment
+    /// peeked at is never reused, so a queue peeked at on every send would allocate a new segment every 32 messages.)</summary>
+    public bool IsEmpty => !Volatile.Read(ref _hasLookahead) && _items.IsEmpty;
+
+    /// <summary>Loop only: the next connection in its loop's list of connections to look at (see EpollLoop.ById.cs).</summary>
+    public EpollConnection? NextReady { get; set; }
 
     /// <summary>Whether <paramref name="bytes"/> more would go past <paramref name="limit"/> (0: no limit). A message
     /// larger than the limit is still taken when nothing is queued, as a pipe takes a write larger than its threshold.</summary>
@@ -127,11 +134,26 @@ internal sealed class ByIdQueue
     /// <summary>On the loop, before it looks at the queue: an enqueue after this point schedules another look.</summary>
     public void WakeUpRan() => Interlocked.Exchange(ref _wakeUpPending, 0);
 
-    /// <summary>On the loop (the only consumer).</summary>
-    public bool TryPeek(out ByIdItem item) => _items.TryPeek(out item);
+    /// <summary>On the loop (the only consumer): the next item, the one put back first.</summary>
+    public bool TryTake(out ByIdItem item)
+    {
+        if (_hasLookahead)
+        {
+            item = _lookahead;
+            _lookahead = default;
+            Volatile.Write(ref _hasLookahead, false);
+            return true;
+        }
 
-    /// <summary>On the loop (the only consumer).</summary>
-    public bool TryDequeue(out ByIdItem item) => _items.TryDequeue(out item);
+        return _items.TryDequeue(out item);
+    }
+
+    /// <summary>On the loop: <paramref name="item"/>, just taken, is the next one again (in place of a peek).</summary>
+    public void PutBack(in ByIdItem item)
+    {
+        _lookahead = item;
+        Volatile.Write(ref _hasLookahead, true);
+    }
 
     /// <summary>On the loop: the kernel took <paramref name="bytes"/>; writers waiting for room wake at half the limit,
     /// as a pipe's writer resumes at its resume threshold.</summary>
@@ -209,20 +231,37 @@ internal sealed class ByIdQueue
         }
     }
 
+    /// <summary>On the loop, once closed: releases the item put back, if any.</summary>
+    public void ReleaseLookahead()
+    {
+        if (_hasLookahead)
+        {
+            ByIdItem item = _lookahead;
+            _lookahead = default;
+            Volatile.Write(ref _hasLookahead, false);
+            Release(item);
+        }
+    }
+
     /// <summary>Empties the queue without sending (any thread; safe beside the loop's own dequeues).</summary>
     private void ReleaseAll()
     {
         while (_items.TryDequeue(out ByIdItem item))
         {
-            if (item.Message is { } message)
-            {
-                Interlocked.Add(ref _queuedBytes, -message.Length);
-                message.Release();
-            }
-            else if (item.File is { } file)
-            {
-                file.Fail(new ConnectionAbortedException("The connection closed before the file written by id was sent."));
-            }
+            Release(item);
+        }
+    }
+
+    private void Release(in ByIdItem item)
+    {
+        if (item.Message is { } message)
+        {
+            Interlocked.Add(ref _queuedBytes, -message.Length);
+            message.Release();
+        }
+        else if (item.File is { } file)
+        {
+            file.Fail(new ConnectionAbortedException("The connection closed before the file written by id was sent."));
         }
     }
 }

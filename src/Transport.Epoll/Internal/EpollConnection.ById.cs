@@ -16,8 +16,6 @@ namespace Transport.Epoll.Internal;
 /// </summary>
 internal sealed partial class EpollConnection
 {
-    private static readonly Action<object?> s_lookAtById = static state => ((EpollConnection)state!).LookAtById();
-
     /// <summary>Null until the handler opts in: most connections never do, and pay one field for it.</summary>
     private ByIdQueue? _byId;
 
@@ -244,22 +242,65 @@ internal sealed partial class EpollConnection
     {
         if (queue.TryClaimWakeUp())
         {
-            Loop.Schedule(s_lookAtById, this);
+            Loop.WakeForById(this, queue);
         }
     }
 
     /// <summary>
-    /// On the loop: wakes the send loop so it reads the pipe (a cancelled read when nothing new was flushed) and reaches
-    /// the end of its read, where it sends what is queued by id. Cancelling when no read is pending makes the next read
-    /// return at once, so no wake-up is lost whatever the send side is doing.
+    /// On the loop, when a writer queued something. The common case, the send side idle on its output read (every byte
+    /// the handler flushed is sent): the queue is sent right here, between two of the handler's flushes, holding the
+    /// flushing threads' gate. Otherwise (a send in progress, a file, a partial write, a flushing thread inside) it
+    /// wakes the send loop, which sends the queue where its read ends: a cancelled read when nothing new was flushed,
+    /// and cancelling when no read is pending makes the next one return at once, so no wake-up is lost.
     /// </summary>
-    private void LookAtById()
+    public void LookAtById()
     {
         ByIdQueue? queue = ById;
-        queue?.WakeUpRan();
-        if (queue is not null && _fd >= 0 && !SendDone)
+        if (queue is null)
+        {
+            return;
+        }
+
+        queue.WakeUpRan();
+        if (_fd < 0 || SendDone)
+        {
+            return;
+        }
+
+        if (!_outputReadPending || _sendState != SendState.Sending || _files?.Job is not null || queue.HeldCount > 0
+            || _flushingThread?.TryEnterFromLoop() == false)
         {
             _output.Reader.CancelPendingRead();
+            return;
+        }
+
+        SendFileJob? job = null;
+        SendStop stop;
+        Error error;
+        try
+        {
+            stop = SendById(ref job, out error);
+        }
+        finally
+        {
+            _flushingThread?.ExitFromLoop();
+        }
+
+        switch (stop)
+        {
+            case SendStop.SocketError:
+                OnSocketError(error);
+                break;
+            case SendStop.ClosedById:
+                CloseByIdOnLoop();
+                break;
+            case SendStop.Sent when job is null:
+                break;
+            default:
+                // A partial write or a file: the send loop takes over (it parks on EPOLLOUT or drives the file) when
+                // its pending read returns.
+                _output.Reader.CancelPendingRead();
+                break;
         }
     }
 
@@ -304,9 +345,15 @@ internal sealed partial class EpollConnection
             }
 
             int fromQueue = 0;
-            while (count < WriteScratch.MaxSegments && !queue.IsClosed && queue.TryPeek(out ByIdItem item) && item.Message is { } next)
+            while (count < WriteScratch.MaxSegments && !queue.IsClosed && queue.TryTake(out ByIdItem item))
             {
-                queue.TryDequeue(out _);
+                if (item.Message is not { } next)
+                {
+                    // A file or the close: it goes after this batch (NextByIdItem).
+                    queue.PutBack(item);
+                    break;
+                }
+
                 batch[count] = next;
                 vectors[count].Base = next.Pointer;
                 vectors[count].Count = (nuint)next.Length;
@@ -404,20 +451,18 @@ internal sealed partial class EpollConnection
     private SendStop NextByIdItem(ByIdQueue queue, ref SendFileJob? job, out bool goOn)
     {
         goOn = false;
-        if (queue.IsClosed || !queue.TryPeek(out ByIdItem item))
+        if (queue.IsClosed || !queue.TryTake(out ByIdItem item))
         {
             return SendStop.Sent;
         }
 
         if (item.Message is not null)
         {
-            // Enqueued since the batch found the queue empty: send it with the next batch.
+            // Enqueued since the batch found the queue empty: it goes with the next batch.
+            queue.PutBack(item);
             goOn = true;
             return SendStop.Sent;
         }
-
-        // The loop is the only consumer: this takes the item just peeked.
-        queue.TryDequeue(out _);
 
         if (item.IsClose)
         {
@@ -467,6 +512,7 @@ internal sealed partial class EpollConnection
         }
 
         queue.Close();
+        queue.ReleaseLookahead();
         if (queue.Held is { Count: > 0 } held)
         {
             long bytes = 0;

@@ -147,6 +147,16 @@ internal sealed partial class EpollConnection
             }
         }
 
+        /// <summary>
+        /// On the loop: holds the gate while the loop sends bytes written by id with the output read pending, so that a
+        /// flush meanwhile schedules the read's continuation on the loop instead of sending on its thread at the same
+        /// time. False when a flushing thread is inside (or the gate is shut): the loop then goes through the pipe.
+        /// </summary>
+        public bool TryEnterFromLoop() => Interlocked.CompareExchange(ref _gate, GateFlusherInside, GateOpen) == GateOpen;
+
+        /// <summary>On the loop, after <see cref="TryEnterFromLoop"/> returned true.</summary>
+        public void ExitFromLoop() => Volatile.Write(ref _gate, GateOpen);
+
         /// <summary>The last resort of a close after a bug: shut without waiting (the waiting may be what failed).</summary>
         public void ShutNow() => Volatile.Write(ref _gate, GateShut);
 
