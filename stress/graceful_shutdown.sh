@@ -47,7 +47,7 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 start_server() { # $1: log file, $2: shutdown timeout (s), then extra args
   local log="$1" timeout="$2"; shift 2
-  dotnet "$DLL" --urls http://127.0.0.1:0 --EchoPort 0 --Transport "$TRANSPORT" \
+  dotnet "$DLL" --urls http://127.0.0.1:0 --EchoPort 0 --ChatPort 0 --Transport "$TRANSPORT" \
     --shutdownTimeoutSeconds "$timeout" \
     --Logging:LogLevel:Microsoft.AspNetCore.Server.Kestrel=Debug \
     --Logging:LogLevel:Microsoft.AspNetCore.Server.Kestrel.Connections=Debug \

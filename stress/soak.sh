@@ -56,7 +56,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-dotnet "$DLL" --urls http://127.0.0.1:0 --EchoPort 0 --Transport "$TRANSPORT" >"$LOG" 2>&1 &
+dotnet "$DLL" --urls http://127.0.0.1:0 --EchoPort 0 --ChatPort 0 --Transport "$TRANSPORT" >"$LOG" 2>&1 &
 SERVER_PID=$!
 for _ in $(seq 300); do
   grep -q "WebApp: transport=" "$LOG" && break

@@ -41,6 +41,7 @@ var httpEndpoints = new List<ListenOptions>();
 ListenOptions? echoEndpoint = null;
 ListenOptions? http2Endpoint = null;
 ListenOptions? fileEndpoint = null;
+ListenOptions? chatEndpoint = null;
 if (settings.Files is not null)
 {
     SampleEndpoints.ContentFolder = settings.Files;
@@ -101,6 +102,15 @@ builder.WebHost.ConfigureKestrel(kestrel =>
         });
     }
 
+    if (settings.ChatEnabled)
+    {
+        settings.ListenRaw(kestrel, settings.ChatPort, options =>
+        {
+            options.UseConnectionHandler<ChatConnectionHandler>();
+            chatEndpoint = options;
+        });
+    }
+
     if (settings.Http2Enabled)
     {
         settings.ListenRaw(kestrel, settings.Http2Port, options =>
@@ -111,6 +121,16 @@ builder.WebHost.ConfigureKestrel(kestrel =>
         });
     }
 });
+
+// The chat port's room: by id on epoll (IEpollConnections, registered by UseEpollTransport), a dictionary of pipes on Sockets.
+if (settings.Transport == SampleTransport.Epoll)
+{
+    builder.Services.AddSingleton<ChatRoom>(static services => new EpollChatRoom(services.GetRequiredService<IEpollConnections>()));
+}
+else
+{
+    builder.Services.AddSingleton<ChatRoom, SocketsChatRoom>();
+}
 
 // The live counters of the transport's meter for GET /stats: the listener starts before the server, so it sees every
 // connection from the first.
@@ -154,8 +174,9 @@ app.Lifetime.ApplicationStarted.Register(() =>
     string echo = echoEndpoint is null ? "off" : $"tcp://{echoEndpoint.EndPoint}";
     string h2c = http2Endpoint is null ? "off" : $"{http2Endpoint}";
     string files = fileEndpoint is null ? "off" : $"tcp://{fileEndpoint.EndPoint}";
+    string chat = chatEndpoint is null ? "off" : $"tcp://{chatEndpoint.EndPoint}";
     string proxy = settings.ProxyProtocol ? $" proxy-protocol={string.Join(';', settings.ProxyProtocolTrusted)}" : string.Empty;
-    Console.WriteLine($"WebApp: transport={settings.Transport.ToString().ToLowerInvariant()} http={http} echo={echo} h2c={h2c} files={files}{proxy}");
+    Console.WriteLine($"WebApp: transport={settings.Transport.ToString().ToLowerInvariant()} http={http} echo={echo} h2c={h2c} files={files} chat={chat}{proxy}");
 });
 
 try

@@ -36,9 +36,12 @@ internal sealed class SampleConfigurationException(string message) : Exception(m
 /// (epoll transport only; default <c>false</c>).</item>
 /// <item><c>ProxyProtocolTrusted</c>: the proxies allowed to send it, <c>;</c>-separated addresses and CIDR ranges
 /// (default <c>127.0.0.0/8;::1</c>).</item>
+/// <item><c>ChatPort</c>: the raw TCP chat (<see cref="ChatConnectionHandler"/>) on all interfaces (default 5003; 0 picks a
+/// free port; negative: off). Connections are addressed by id through the epoll transport's <c>IEpollConnections</c>;
+/// with <c>--Transport sockets</c> through a dictionary of their pipes under a lock, the obvious equivalent.</item>
 /// </list>
 /// </summary>
-internal sealed record SampleSettings(SampleTransport Transport, IReadOnlyList<BindingAddress> Urls, int EchoPort, int Http2Port, int FilePort, string? Files)
+internal sealed record SampleSettings(SampleTransport Transport, IReadOnlyList<BindingAddress> Urls, int EchoPort, int Http2Port, int FilePort, string? Files, int ChatPort)
 {
     public const string DefaultProxyProtocolTrusted = "127.0.0.0/8;::1";
 
@@ -47,6 +50,10 @@ internal sealed record SampleSettings(SampleTransport Transport, IReadOnlyList<B
 
     /// <summary>The proxies trusted to send the header.</summary>
     public IReadOnlyList<string> ProxyProtocolTrusted { get; init; } = DefaultProxyProtocolTrusted.Split(';');
+
+    public const int DefaultChatPort = 5003;
+
+    public bool ChatEnabled => ChatPort >= 0;
 
     public const int DefaultFilePort = -1;
 
@@ -73,7 +80,8 @@ internal sealed record SampleSettings(SampleTransport Transport, IReadOnlyList<B
             ReadPort(configuration, "EchoPort", DefaultEchoPort),
             ReadPort(configuration, "Http2Port", DefaultHttp2Port),
             ReadPort(configuration, "FilePort", DefaultFilePort),
-            ReadFolder(configuration["Files"]))
+            ReadFolder(configuration["Files"]),
+            ReadPort(configuration, "ChatPort", DefaultChatPort))
         {
             ShutdownTimeout = ReadSeconds(configuration, "ShutdownTimeout", max: 3600),
             DrainDelay = ReadSeconds(configuration, "DrainDelay", max: 3600),
@@ -235,7 +243,7 @@ internal sealed record SampleSettings(SampleTransport Transport, IReadOnlyList<B
     public bool LoopbackOnly => Urls.All(static address => address.IsUnixPipe || IsLoopbackHost(address.Host.Trim('[', ']')));
 
     /// <summary>
-    /// Adds a non-HTTP/1.1 endpoint (echo, files, h2c) on <paramref name="port"/>: on both loopbacks when
+    /// Adds a non-HTTP/1.1 endpoint (echo, files, h2c, chat) on <paramref name="port"/>: on both loopbacks when
     /// <see cref="LoopbackOnly"/> (IPv4 only for port 0, which Kestrel's localhost binding refuses), else on every
     /// interface.
     /// </summary>

@@ -17,9 +17,9 @@ from . import HOST, logs, procfs, procs
 
 PLAINTEXT = b"Hello, World!"
 # The sample's one start-up line (Program.cs), printed once Kestrel listens: ports as bound, so port 0 shows its
-# real port. echo, h2c and files are "off" when not listening.
+# real port. echo, h2c, files and chat are "off" when not listening (chat is absent from builds before it existed).
 _STARTED = re.compile(r"^WebApp: transport=(?P<transport>\S+) http=(?P<http>.+?) echo=(?P<echo>\S+) "
-                      r"h2c=(?P<h2c>\S+) files=(?P<files>\S+)", re.M)
+                      r"h2c=(?P<h2c>\S+) files=(?P<files>\S+)(?: chat=(?P<chat>\S+))?", re.M)
 
 
 class ServerFailure(RuntimeError):
@@ -158,15 +158,15 @@ class Service:
 class SampleServer(Service):
     """samples/WebApp from a published folder (app/WebApp: the app host of a JIT build or the native binary of an
     AOT build), on loopback, on ports the kernel picks (port 0) unless told otherwise, pinned to cpu if given.
-    args: the sample's arguments after --urls/--EchoPort (--Transport, configuration keys); env is added to this
+    args: the sample's arguments after --urls/--EchoPort/--ChatPort (--Transport, configuration keys); env is added to this
     process's, with TRANSPORT_EPOLL_FAULTS removed unless env sets it. wait_ready() reads the ports from the
     sample's start-up line and waits until GET /plaintext answers."""
 
     def __init__(self, app: Path, args=(), env: dict | None = None, cpu: int | None = None,
                  nofile: int | None = None, log_path: Path | None = None, echo_port: int = 0,
                  http2_port: int | None = None, name: str = "server", cwd: str | None = None,
-                 expect_transport: str | None = None):
-        cmd = [str(app / "WebApp"), "--urls", f"http://{HOST}:0", "--EchoPort", str(echo_port)]
+                 expect_transport: str | None = None, chat_port: int = 0):
+        cmd = [str(app / "WebApp"), "--urls", f"http://{HOST}:0", "--EchoPort", str(echo_port), "--ChatPort", str(chat_port)]
         if http2_port is not None:
             cmd += ["--Http2Port", str(http2_port)]
         cmd += list(args)
@@ -182,7 +182,7 @@ class SampleServer(Service):
         self.nofile = nofile
         self.transport = None
         self.expect_transport = expect_transport
-        self.echo_port = self.file_port = self.http2_port = -1
+        self.echo_port = self.file_port = self.http2_port = self.chat_port = -1
         super().__init__(cmd, log_path or Path(f"{name}.log"), env=full_env, cwd=cwd, nofile=nofile, name=name)
 
     def wait_ready(self, deadline_s: float = 30.0, probe: bool = True) -> None:
@@ -212,6 +212,7 @@ class SampleServer(Service):
         self.echo_port = port(m.group("echo"))
         self.http2_port = port(m.group("h2c"))
         self.file_port = port(m.group("files"))
+        self.chat_port = port(m.group("chat") or "off")
         if expect_transport and self.transport != expect_transport:
             self.stop()
             raise SystemExit(f"{self.name}: expected transport={expect_transport}, the sample said: "

@@ -41,6 +41,11 @@ public sealed partial class SampleProcess : IAsyncDisposable
     /// <summary>The echo endpoint, on loopback like the HTTP one (the sample keeps its raw ports where HTTP listens).</summary>
     public IPEndPoint EchoEndPoint => new(IPAddress.Loopback, EchoPort);
 
+    /// <summary>The chat port (ChatConnectionHandler), -1 when off.</summary>
+    public int ChatPort { get; private set; } = -1;
+
+    public IPEndPoint ChatEndPoint => new(IPAddress.Loopback, ChatPort);
+
     public bool HasExited => _process.HasExited;
 
     /// <summary>Everything the process printed so far (stdout and stderr), one entry per line.</summary>
@@ -71,13 +76,14 @@ public sealed partial class SampleProcess : IAsyncDisposable
     public string Tail(int count = 30) => _process.Tail(count);
 
     /// <summary>
-    /// Starts the sample on the epoll transport. <paramref name="faults"/> goes to <c>TRANSPORT_EPOLL_FAULTS</c> (none
-    /// when null); <paramref name="wrap"/> may change how it is started (a shell around it). Returns once the sample printed its start line with the bound ports.
+    /// Starts the sample on the epoll transport (or <paramref name="transport"/>). <paramref name="faults"/> goes to
+    /// <c>TRANSPORT_EPOLL_FAULTS</c> (none when null); <paramref name="wrap"/> may change how it is started (a shell
+    /// around it). Returns once the sample printed its start line with the bound ports.
     /// </summary>
-    public static async Task<SampleProcess> StartAsync(string? faults = null, ITestOutputHelper? output = null, IEnumerable<string>? extraArgs = null, IReadOnlyDictionary<string, string>? environment = null, Action<ProcessStartInfo>? wrap = null)
+    public static async Task<SampleProcess> StartAsync(string? faults = null, ITestOutputHelper? output = null, IEnumerable<string>? extraArgs = null, IReadOnlyDictionary<string, string>? environment = null, Action<ProcessStartInfo>? wrap = null, string transport = "epoll")
     {
         string dll = Repository.SampleDll;
-        var psi = DotnetCli.StartInfo(Path.GetDirectoryName(dll)!, [dll, "--urls", "http://127.0.0.1:0", "--EchoPort", "0", "--Transport", "epoll", .. extraArgs ?? []]);
+        var psi = DotnetCli.StartInfo(Path.GetDirectoryName(dll)!, [dll, "--urls", "http://127.0.0.1:0", "--EchoPort", "0", "--ChatPort", "0", "--Transport", transport, .. extraArgs ?? []]);
         psi.Environment.Remove("TRANSPORT_EPOLL_FAULTS");
         if (faults is not null)
         {
@@ -105,6 +111,10 @@ public sealed partial class SampleProcess : IAsyncDisposable
             sample.HttpPort = int.Parse(match.Groups["http"].Value, CultureInfo.InvariantCulture);
             sample.EchoPort = int.Parse(match.Groups["echo"].Value, CultureInfo.InvariantCulture);
             sample.Http2Port = match.Groups["h2c"].Success ? int.Parse(match.Groups["h2c"].Value, CultureInfo.InvariantCulture) : -1;
+            if (match.Groups["chat"].Success)
+            {
+                sample.ChatPort = int.Parse(match.Groups["chat"].Value, CultureInfo.InvariantCulture);
+            }
             return sample;
         }
         catch
@@ -159,6 +169,6 @@ public sealed partial class SampleProcess : IAsyncDisposable
         || line.StartsWith("Unhandled exception.", StringComparison.Ordinal)
         || line.StartsWith("Process terminated.", StringComparison.Ordinal);
 
-    [GeneratedRegex(@"^WebApp: transport=epoll http=http://127\.0\.0\.1:(?<http>\d+) echo=tcp://\S+:(?<echo>\d+) h2c=(?:off|http://\S+:(?<h2c>\d+))")]
+    [GeneratedRegex(@"^WebApp: transport=\w+ http=http://127\.0\.0\.1:(?<http>\d+) echo=tcp://\S+:(?<echo>\d+) h2c=(?:off|http://\S+:(?<h2c>\d+))(?:.* chat=tcp://\S+:(?<chat>\d+))?")]
     private static partial Regex StartLine();
 }

@@ -93,7 +93,7 @@ public sealed class SampleAppTests(ITestOutputHelper output)
     {
         // Not a ChildProcess: the test tells stdout from stderr, which that interleaves.
         string dll = Repository.SampleDll;
-        var psi = DotnetCli.StartInfo(Path.GetDirectoryName(dll)!, [dll, "--EchoPort", "-1", .. args]);
+        var psi = DotnetCli.StartInfo(Path.GetDirectoryName(dll)!, [dll, "--EchoPort", "-1", "--ChatPort", "-1", .. args]);
         using var process = Process.Start(psi)!;
         Task<string> stdout = process.StandardOutput.ReadToEndAsync();
         Task<string> stderr = process.StandardError.ReadToEndAsync();

@@ -248,7 +248,7 @@ internal sealed partial class EpollConnection
 
     /// <summary>
     /// On the loop, when a writer queued something. The common case, the send side idle on its output read (every byte
-    /// the handler flushed is sent): the queue is sent right here, between two of the handler's flushes, holding the
+    /// the handler flushed is sent, and nothing flushed since): the queue is sent right here, holding the
     /// flushing threads' gate. Otherwise (a send in progress, a file, a partial write, a flushing thread inside) it
     /// wakes the send loop, which sends the queue where its read ends: a cancelled read when nothing new was flushed,
     /// and cancelling when no read is pending makes the next one return at once, so no wake-up is lost.
@@ -267,8 +267,10 @@ internal sealed partial class EpollConnection
             return;
         }
 
-        if (!_outputReadPending || _sendState != SendState.Sending || _files?.Job is not null || queue.HeldCount > 0
-            || _flushingThread?.TryEnterFromLoop() == false)
+        // A read that completed (its continuation queued behind this) holds bytes the handler flushed before the
+        // message was written: they go first, through the send loop.
+        if (!_outputReadPending || _readTask.IsCompleted || _sendState != SendState.Sending || _files?.Job is not null
+            || queue.HeldCount > 0 || _flushingThread?.TryEnterFromLoop() == false)
         {
             _output.Reader.CancelPendingRead();
             return;
