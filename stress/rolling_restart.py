@@ -102,7 +102,7 @@ backend app
 
 def start_instance(n: int, port: int, args, log_dir: Path) -> stresslib.Server:
     return stresslib.Server(name=f"instance-{n}", log_dir=log_dir, args=[
-        "--urls", f"http://{HOST}:{port}", "--EchoPort", "-1", "--ShutdownTimeout", str(args.drain),
+        "--urls", f"http://{HOST}:{port}", "--EchoPort", "-1", "--ChatPort", "-1", "--ShutdownTimeout", str(args.drain),
         "--DrainDelay", str(args.drain_delay), "--Kestrel:Transport:Epoll:AllowPortSharing", "true"])
 
 
