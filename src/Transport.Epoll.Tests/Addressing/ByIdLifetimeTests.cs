@@ -1,4 +1,5 @@
 using System.Buffers.Binary;
+using System.Text;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Connections;
 using Microsoft.AspNetCore.Http;
@@ -74,7 +75,7 @@ public sealed class ByIdLifetimeTests(ITestOutputHelper output)
     [Fact]
     public async Task A_connection_whose_Transport_is_replaced_is_refused_or_stops_being_addressable()
     {
-        var results = new TaskCompletionSource<(Exception? AfterReplace, EpollWriteResult Write, bool Info)>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var results = new TaskCompletionSource<(Exception? AfterReplace, EpollWriteResult Write, bool Info, bool Close, bool Abort)>(TaskCreationOptions.RunContinuationsAsynchronously);
         IEpollConnections? connections = null;
         await using var server = await TestServer.StartRawAsync(Transports.Epoll, async connection =>
         {
@@ -86,16 +87,22 @@ public sealed class ByIdLifetimeTests(ITestOutputHelper output)
             EpollWriteResult write = connections!.Write(id, "x"u8);
             bool info = connections.TryGetInfo(id, out _);
             Exception? again = Record.Exception(() => connection.MakeAddressable());
-            results.TrySetResult((again, write, info));
+            results.TrySetResult((again, write, info, connections.Close(id), connections.Abort(id)));
             await Handlers.EchoAsync(connection);
         }, output: output);
         connections = server.App.Services.GetRequiredService<IEpollConnections>();
 
         using var client = await Client.ConnectAsync(server.EndPoint);
-        var (afterReplace, write, info) = await results.Task.WithTimeout();
+        var (afterReplace, write, info, close, abort) = await results.Task.WithTimeout();
         Assert.IsType<InvalidOperationException>(afterReplace);
         Assert.Equal(EpollWriteResult.Gone, write);
         Assert.False(info);
+        Assert.False(close);
+        Assert.False(abort);
+
+        // The connection itself is untouched: it still echoes through its (wrapped) pipe.
+        await client.SendAllAsync("still here");
+        Assert.Equal("still here", Encoding.ASCII.GetString(await client.ReceiveExactlyAsync(10)));
         Assert.Contains(server.Logs.Entries, e => e.EventId.Id == 402);
     }
 

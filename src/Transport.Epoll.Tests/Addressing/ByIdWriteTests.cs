@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Buffers.Binary;
 using System.Net.Sockets;
 using System.Text;
@@ -272,6 +273,61 @@ public sealed class ByIdWriteTests(ITestOutputHelper output)
         finally
         {
             File.Delete(path);
+        }
+    }
+
+    [Fact]
+    public async Task The_handlers_own_file_waits_for_a_file_sent_by_id_and_neither_is_cut()
+    {
+        byte[] byId = Client.RandomBytes(4 * 1024 * 1024, seed: 21);
+        byte[] own = Client.RandomBytes(1024 * 1024, seed: 22);
+        string byIdPath = Path.Combine(Path.GetTempPath(), $"byid-a-{Guid.NewGuid():N}.bin");
+        string ownPath = Path.Combine(Path.GetTempPath(), $"byid-b-{Guid.NewGuid():N}.bin");
+        await File.WriteAllBytesAsync(byIdPath, byId);
+        await File.WriteAllBytesAsync(ownPath, own);
+        var go = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var ownSent = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        try
+        {
+            await using var server = await AddressableServer.StartAsync(output, body: async (connection, id) =>
+            {
+                await go.Task;
+                try
+                {
+                    using var file = File.OpenHandle(ownPath);
+                    connection.Transport.Output.Write("H\n"u8);
+                    await connection.Features.Get<IConnectionSendFileFeature>()!.SendFileAsync(file, 0, own.Length);
+                    await connection.Transport.Output.WriteAsync("T\n"u8.ToArray());
+                    ownSent.TrySetResult();
+                }
+                catch (Exception e)
+                {
+                    ownSent.TrySetException(e);
+                }
+            });
+            IEpollConnections connections = server.Connections;
+
+            // The client does not read yet: the file by id is still going out when the handler sends its own (most
+            // likely; if the loop has not taken it from the queue yet, the handler's goes first, also whole).
+            using var client = await Client.ConnectAsync(server.Server.EndPoint, s => s.ReceiveBufferSize = 4096);
+            AddressedConnection accepted = await server.NextAsync();
+            using var byIdFile = File.OpenHandle(byIdPath);
+            Task<EpollWriteResult> sending = connections.SendFileAsync(accepted.Id, byIdFile, 0, byId.Length);
+            Assert.True(await Poll.UntilAsync(() => connections.TryGetInfo(accepted.Id, out var info) && info.QueuedBytes == 0 && !sending.IsCompleted));
+            go.SetResult();
+
+            byte[] received = await client.ReceiveExactlyAsync(byId.Length + 2 + own.Length + 2, Timeouts.Bulk);
+            Assert.Equal(EpollWriteResult.Written, await sending.WithTimeout());
+            await ownSent.Task.WithTimeout();
+            byte[] handlers = [.. "H\n"u8.ToArray(), .. own, .. "T\n"u8.ToArray()];
+            bool byIdFirst = received.AsSpan().SequenceEqual([.. byId, .. handlers]);
+            output.WriteLine(byIdFirst ? "the file by id went first; the handler's waited for it" : "the handler's file went first");
+            Assert.True(byIdFirst || received.AsSpan().SequenceEqual([.. handlers, .. byId]), "the stream is not the two, each whole, one after the other");
+        }
+        finally
+        {
+            File.Delete(byIdPath);
+            File.Delete(ownPath);
         }
     }
 

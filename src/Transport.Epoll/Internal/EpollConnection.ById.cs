@@ -180,7 +180,7 @@ internal sealed partial class EpollConnection
             return EpollWriteResult.Written;
         }
 
-        var job = new SendFileJob(file, offset, count, placeholders: 0);
+        var job = new SendFileJob(file, offset, count, placeholders: 0) { ById = true };
         bool added = false;
         file.DangerousAddRef(ref added);
         try

@@ -301,11 +301,13 @@ internal sealed partial class EpollConnection
         // A flushing thread inside sendmsg would write to whatever socket gets this number next.
         ShutOutFlushers();
         Loop.Table.Remove(Id);
+
+        // Before the fd is marked closed: once a caller sees it closed, writes and broadcasts by id refuse it too.
+        ForgetAddressing();
         Loop.RemoveConnection(this);
         Volatile.Write(ref _fd, -1);
         _ = Libc.close(fd);
         AbandonProxyHeader();
-        ForgetAddressing();
 
         if (!InputDone)
         {

@@ -34,6 +34,9 @@ internal sealed partial class EpollConnection
         private Exception? _failure;
         private Error _socketError;
 
+        /// <summary>The handler's job that arrived while a file sent by id was going out: it starts when that one ends.</summary>
+        private SendFileJob? _afterById;
+
         /// <summary>The file range in flight, or null.</summary>
         public SendFileJob? Job { get; private set; }
 
@@ -49,6 +52,13 @@ internal sealed partial class EpollConnection
             if (connection.SendDone)
             {
                 job.Fail(ClosedBeforeFileSent());
+                return;
+            }
+
+            if (Job is { ById: true } && _afterById is null && !job.ById)
+            {
+                // A file written by id is going out: the handler's goes next (it waits, as for any earlier bytes).
+                _afterById = job;
                 return;
             }
 
@@ -75,6 +85,13 @@ internal sealed partial class EpollConnection
 
         public void Cancel(SendFileJob job, CancellationToken token)
         {
+            if (_afterById == job)
+            {
+                _afterById = null;
+                job.Fail(new OperationCanceledException("SendFileAsync was cancelled.", token));
+                return;
+            }
+
             if (Job != job)
             {
                 return;
@@ -93,6 +110,12 @@ internal sealed partial class EpollConnection
                 _waitingForWritable = false;
                 // Nothing of the file went out: the connection goes on; bytes written after the job may follow.
                 connection.RereadOutput();
+                if (_afterById is { } next)
+                {
+                    _afterById = null;
+                    Start(next);
+                }
+
                 return;
             }
 
@@ -182,6 +205,12 @@ internal sealed partial class EpollConnection
         /// ConnectionClosed's callbacks ran, see EpollConnection.CloseReport.cs).</summary>
         public void Abandon()
         {
+            if (_afterById is { } waiting)
+            {
+                _afterById = null;
+                connection.FailFileJobAfterClose(waiting, ClosedBeforeFileSent());
+            }
+
             SendFileJob? job = Job;
             if (job is null)
             {
@@ -333,6 +362,11 @@ internal sealed partial class EpollConnection
         {
             Job = null;
             job.Succeed(outcome);
+            if (_afterById is { } next)
+            {
+                _afterById = null;
+                Start(next);
+            }
         }
 
         private ConnectionAbortedException ClosedBeforeFileSent() => connection._closeError switch

@@ -86,9 +86,10 @@ internal sealed class EpollConnections(EpollTransportFactory factory) : IEpollCo
         return queued;
     }
 
-    /// <summary>An id of this transport that opted in; null for a stale, unknown or foreign one.</summary>
+    /// <summary>An id of this transport that opted in (and was not revoked: its Transport replaced); null for a stale,
+    /// unknown or foreign one.</summary>
     private EpollConnection? Find(ulong id)
-        => _table.Find(id) is EpollConnection connection && ReferenceEquals(connection.Loop.Context, _context) && connection.ById is not null
+        => _table.Find(id) is EpollConnection connection && ReferenceEquals(connection.Loop.Context, _context) && connection.ById is { IsRevoked: false }
             ? connection
             : null;
 

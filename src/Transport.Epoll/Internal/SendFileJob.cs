@@ -33,6 +33,9 @@ internal sealed class SendFileJob
 
     public bool HasPlaceholders => Placeholders > 0;
 
+    /// <summary>Sent by id (IEpollConnections.SendFileAsync), from the by-id queue rather than the handler.</summary>
+    public bool ById { get; init; }
+
     public SafeFileHandle File { get; }
 
     /// <summary>The raw descriptor, valid while the job holds a reference on <see cref="File"/> (taken by the caller).</summary>
