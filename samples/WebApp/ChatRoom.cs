@@ -80,7 +80,7 @@ public sealed class EpollChatRoom(IEpollConnections connections) : ChatRoom
 
     public override bool Kick(ulong id) => connections.Close(id);
 
-    public override IReadOnlyList<ulong> Members() => connections.GetIds();
+    public override IReadOnlyList<ulong> Members() => [.. _endPoints.Keys.SelectMany(endPoint => connections.GetIds(endPoint))];
 
     public override async ValueTask ReplyAsync(ulong id, PipeWriter output, ReadOnlyMemory<byte> reply, CancellationToken cancellationToken)
         => await output.WriteAsync(reply, cancellationToken).ConfigureAwait(false);
