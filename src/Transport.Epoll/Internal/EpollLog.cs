@@ -5,8 +5,8 @@ namespace Transport.Epoll.Internal;
 /// <summary>
 /// Every log line of the transport, in the logger category <see cref="Category"/>, with stable event ids in ranges by
 /// where the event happens: 1-99 event loops, 100-199 listeners and accept, 200-299 connections, 300-399 sendfile and
-/// zero-copy sends, 400-499 connections addressed by id. An id, once shipped, keeps its meaning (log queries and alerts filter on it); a new event takes the
-/// next free id of its range, under its heading below. EpollLogTests checks that every id lies in the range of its
+/// zero-copy sends, 400-499 connections addressed by id. An id, once shipped, keeps its meaning (log queries and alerts
+/// filter on it); a new event takes the next free id of its range, under its heading below. EpollLogTests checks that every id lies in the range of its
 /// heading, that the headings are these ranges, and that no two events share an id.
 /// </summary>
 internal static partial class EpollLog
