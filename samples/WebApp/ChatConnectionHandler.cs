@@ -31,10 +31,10 @@ public sealed class ChatConnectionHandler(ChatRoom room, IHostApplicationLifetim
         using CancellationTokenRegistration stopping = lifetime.ApplicationStopping.Register(
             static state => ((PipeReader)state!).CancelPendingRead(), input);
 
-        // The id line goes out first: the connection joins (and can receive lines from others) only after it.
+        // The id line goes out first, and only once the others can reach the connection (so a client that read it may
+        // at once be sent to, and every member listed by who has had its id line).
         ulong id = room.IdOf(connection);
-        await output.WriteAsync(Encoding.ASCII.GetBytes($"id {id:x}\n"));
-        room.Join(connection);
+        await room.JoinAsync(connection, Encoding.ASCII.GetBytes($"id {id:x}\n"));
         try
         {
             while (true)

@@ -11,13 +11,14 @@ namespace WebApp;
 /// by id, write to all but one, close one, list them. Two ways to have it, one per transport.</summary>
 public abstract class ChatRoom
 {
-    /// <summary>Joins <paramref name="connection"/> after its handler sent its <c>id</c> line; returns its id.</summary>
-    public abstract ulong Join(ConnectionContext connection);
+    /// <summary>Joins <paramref name="connection"/> and sends it <paramref name="greeting"/> (its <c>id</c> line) before
+    /// anything another member writes to it; once this returns the others can reach it.</summary>
+    public abstract ValueTask JoinAsync(ConnectionContext connection, ReadOnlyMemory<byte> greeting);
 
     /// <summary>The handler is done with <paramref name="id"/> (its connection is closing).</summary>
     public abstract void Leave(ulong id);
 
-    /// <summary>The id a connection will get, for its <c>id</c> line (sent before it joins, so it is the first line).</summary>
+    /// <summary>The id a connection has or will have in the room, for its <c>id</c> line.</summary>
     public abstract ulong IdOf(ConnectionContext connection);
 
     /// <summary>Writes <paramref name="line"/> to <paramref name="id"/>; false when it is not in the room.</summary>
@@ -48,15 +49,17 @@ public sealed class EpollChatRoom(IEpollConnections connections) : ChatRoom
 
     public override ulong IdOf(ConnectionContext connection) => connection.Features.Get<IEpollConnectionFeature>()!.Id;
 
-    public override ulong Join(ConnectionContext connection)
+    public override ValueTask JoinAsync(ConnectionContext connection, ReadOnlyMemory<byte> greeting)
     {
-        ulong id = connection.MakeAddressable();
+        // The greeting is queued by id as the connection becomes addressable: nothing written by id goes before it, and
+        // the client sees it only once the others can reach it.
+        ulong id = connection.MakeAddressable(greeting.Span);
         if (connections.TryGetInfo(id, out EpollConnectionInfo? info) && info.ListenEndPoint is { } endPoint)
         {
             _endPoints.TryAdd(endPoint, 0);
         }
 
-        return id;
+        return ValueTask.CompletedTask;
     }
 
     public override void Leave(ulong id)
@@ -100,11 +103,20 @@ public sealed class SocketsChatRoom : ChatRoom
     public override ulong IdOf(ConnectionContext connection)
         => (ulong)(long)_ids.GetValue(connection, _ => Interlocked.Increment(ref _nextId));
 
-    public override ulong Join(ConnectionContext connection)
+    public override async ValueTask JoinAsync(ConnectionContext connection, ReadOnlyMemory<byte> greeting)
     {
+        // The member is listed with its lock held: whoever writes to it waits until the greeting is written.
         ulong id = IdOf(connection);
-        _members[id] = new Member(connection);
-        return id;
+        var member = new Member(connection);
+        _members[id] = member;
+        try
+        {
+            await connection.Transport.Output.WriteAsync(greeting).ConfigureAwait(false);
+        }
+        finally
+        {
+            member.Lock.Release();
+        }
     }
 
     public override void Leave(ulong id)
@@ -156,7 +168,8 @@ public sealed class SocketsChatRoom : ChatRoom
     {
         public ConnectionContext Connection { get; } = connection;
 
-        public SemaphoreSlim Lock { get; } = new(1, 1);
+        /// <summary>Taken at creation: released once the greeting is written (JoinAsync).</summary>
+        public SemaphoreSlim Lock { get; } = new(0, 1);
 
         public async ValueTask<bool> WriteAsync(ReadOnlyMemory<byte> line, CancellationToken cancellationToken)
         {

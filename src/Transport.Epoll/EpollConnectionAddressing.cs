@@ -23,6 +23,17 @@ public static class EpollConnectionAddressing
     /// <exception cref="InvalidOperationException">The connection is not the epoll transport's; its
     /// <c>Transport</c> was replaced (TLS: bytes written by id would bypass the encryption).</exception>
     public static ulong MakeAddressable(this ConnectionContext connection)
+        => MakeAddressable(connection, default);
+
+    /// <summary>
+    /// As <see cref="MakeAddressable(ConnectionContext)"/>, and queues <paramref name="firstMessage"/> by id before the
+    /// connection becomes addressable: whatever others write to it by id goes after it (a greeting such as the sample
+    /// chat's <c>id</c> line, which must come first and must not go out before others can reach the connection).
+    /// Ignored when the connection was addressable already.
+    /// </summary>
+    /// <returns>The connection's id.</returns>
+    /// <exception cref="InvalidOperationException">As for <see cref="MakeAddressable(ConnectionContext)"/>.</exception>
+    public static ulong MakeAddressable(this ConnectionContext connection, ReadOnlySpan<byte> firstMessage)
     {
         ArgumentNullException.ThrowIfNull(connection);
         if (connection.Features.Get<IEpollConnectionFeature>() is not EpollConnection epoll)
@@ -30,6 +41,6 @@ public static class EpollConnectionAddressing
             throw new InvalidOperationException("Only connections of the epoll transport can be addressed by id.");
         }
 
-        return epoll.MakeAddressable();
+        return epoll.MakeAddressable(firstMessage);
     }
 }

@@ -14,7 +14,7 @@ namespace Transport.Epoll;
 /// <remarks>
 /// <para>
 /// Only connections that opted in are addressable: a raw <c>ConnectionHandler</c> calls
-/// <see cref="EpollConnectionAddressing.MakeAddressable"/>. HTTP connections never are (bytes written by id would break
+/// <see cref="EpollConnectionAddressing.MakeAddressable(Microsoft.AspNetCore.Connections.ConnectionContext)"/>. HTTP connections never are (bytes written by id would break
 /// HTTP's framing), nor connections whose <c>Transport</c> was replaced (TLS: the bytes would bypass the encryption).
 /// Every call on an id that is not addressable answers as for a closed one: <see cref="EpollWriteResult.Gone"/>.
 /// </para>

@@ -27,7 +27,7 @@ public sealed class AddressableServer : IAsyncDisposable
 
     public IEpollConnections Connections => Server.App.Services.GetRequiredService<IEpollConnections>();
 
-    public static async Task<AddressableServer> StartAsync(ITestOutputHelper output, Action<EpollTransportOptions>? epoll = null, Func<ConnectionContext, ulong, Task>? body = null)
+    public static async Task<AddressableServer> StartAsync(ITestOutputHelper output, Action<EpollTransportOptions>? epoll = null, Func<ConnectionContext, ulong, Task>? body = null, byte[]? greeting = null)
     {
         var server = new AddressableServer();
         server.Server = await TestServer.StartRawAsync(Transports.Epoll, async connection =>
@@ -35,7 +35,7 @@ public sealed class AddressableServer : IAsyncDisposable
             var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
             try
             {
-                ulong id = connection.MakeAddressable();
+                ulong id = greeting is null ? connection.MakeAddressable() : connection.MakeAddressable(greeting);
                 int fd = await connection.Features.Get<IEpollConnectionFeature>()!.WithSocketAsync(static fd => fd);
                 server._accepted.Writer.TryWrite(new AddressedConnection(connection, id, fd, done.Task));
                 if (body is not null)

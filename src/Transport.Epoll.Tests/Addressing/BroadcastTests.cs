@@ -103,6 +103,45 @@ public sealed class BroadcastTests(ITestOutputHelper output)
         Assert.Equal(0, await gone.ReceiveOnceAsync(new byte[16]));
     }
 
+    [Fact]
+    public async Task A_first_message_given_at_opt_in_goes_before_anything_written_by_id()
+    {
+        const int Count = 200;
+        await using var server = await AddressableServer.StartAsync(output, greeting: "hello\n"u8.ToArray());
+        IEpollConnections connections = server.Connections;
+
+        // Broadcasts run the whole time connections opt in: none may reach a connection before its greeting.
+        using var stop = new CancellationTokenSource();
+        var broadcaster = Task.Run(() =>
+        {
+            long sent = 0;
+            while (!stop.IsCancellationRequested)
+            {
+                connections.Broadcast(server.Server.EndPoint, "b\n"u8);
+                sent++;
+            }
+
+            return sent;
+        });
+        var (clients, _) = await server.ConnectAsync(Count);
+        try
+        {
+            foreach (var client in clients)
+            {
+                Assert.Equal("hello\n", Encoding.ASCII.GetString(await client.ReceiveExactlyAsync(6)));
+            }
+        }
+        finally
+        {
+            stop.Cancel();
+            output.WriteLine($"{await broadcaster.WithTimeout()} broadcasts while {Count} connections opted in");
+            foreach (var client in clients)
+            {
+                client.Dispose();
+            }
+        }
+    }
+
     /// <summary>What each loop's thread has allocated so far (GC.GetAllocatedBytesForCurrentThread, read on the loop).</summary>
     private static async Task<long> LoopAllocatedBytesAsync(Transport.Epoll.Internal.EpollLoop[] loops)
     {

@@ -27,16 +27,23 @@ internal sealed partial class EpollConnection
     /// <summary>Messages by id are queued or partly sent: the send belongs to the loop.</summary>
     private bool ByIdBusy => Volatile.Read(ref _byId) is { } queue && (queue.HeldCount > 0 || !queue.IsEmpty);
 
-    public ulong MakeAddressable()
+    public ulong MakeAddressable(ReadOnlySpan<byte> firstMessage = default)
     {
         if (!ReferenceEquals(Transport, OriginalTransport))
         {
             throw new InvalidOperationException("This connection's Transport was replaced (TLS, or other middleware): bytes written by id would bypass it.");
         }
 
+        // The first message is queued before the queue is published: nothing written by id can go before it.
         var queue = new ByIdQueue();
+        if (!firstMessage.IsEmpty)
+        {
+            queue.TryEnqueue(new ByIdItem(ByIdMessage.Rent(firstMessage)), firstMessage.Length);
+        }
+
         if (Interlocked.CompareExchange(ref _byId, queue, null) is { } existing)
         {
+            queue.Close();
             return existing.IsRevoked
                 ? throw new InvalidOperationException("This connection is no longer addressable by id: its Transport was replaced.")
                 : Id;
@@ -50,6 +57,10 @@ internal sealed partial class EpollConnection
         {
             _context.Addressable.Remove(this);
             queue.Close();
+        }
+        else if (!firstMessage.IsEmpty)
+        {
+            WakeLoopForById(queue);
         }
 
         return Id;
