@@ -106,6 +106,30 @@ public sealed class ByIdLifetimeTests(ITestOutputHelper output)
         Assert.Contains(server.Logs.Entries, e => e.EventId.Id == 402);
     }
 
+    [Fact]
+    public async Task An_outbound_connection_from_the_hosts_factory_is_addressable_too()
+    {
+        await using var server = await AddressableServer.StartAsync(output);
+        IEpollConnections connections = server.Connections;
+        var factory = server.Server.App.Services.GetRequiredService<IConnectionFactory>();
+
+        using var listener = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.InterNetwork, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Tcp);
+        listener.Bind(new System.Net.IPEndPoint(System.Net.IPAddress.Loopback, 0));
+        listener.Listen();
+        using var cts = Timeouts.Cts();
+        Task<System.Net.Sockets.Socket> accepting = listener.AcceptAsync(cts.Token).AsTask();
+        ConnectionContext outbound = await factory.ConnectAsync(listener.LocalEndPoint!, cts.Token).AsTask().WithTimeout();
+        await using var _ = outbound;
+        using var peer = await accepting.WithTimeout();
+
+        ulong id = outbound.MakeAddressable();
+        Assert.True(connections.TryGetInfo(id, out EpollConnectionInfo? info));
+        Assert.Equal(EpollConnectionDirection.Outbound, info.Direction);
+        Assert.Null(info.ListenEndPoint);
+        Assert.Equal(EpollWriteResult.Written, await Task.Run(() => connections.Write(id, "by id\n"u8)));
+        Assert.Equal("by id\n", Encoding.ASCII.GetString(await peer.ReceiveExactlyAsync(6)));
+    }
+
     private sealed class WrappedPipe(System.IO.Pipelines.IDuplexPipe inner) : System.IO.Pipelines.IDuplexPipe
     {
         public System.IO.Pipelines.PipeReader Input => inner.Input;
