@@ -13,13 +13,16 @@ HOST = "127.0.0.1"
 HERE = Path(__file__).resolve().parent
 TCPLOAD_SRC = HERE / "tcpload.c"
 TCPLOAD = HERE / ".bin" / "tcpload"
+CONNRATE_SRC = HERE / "connrate.c"
+CONNRATE = HERE / ".bin" / "connrate"
+CONNRATE_WORKERS = 4
 
 
 @dataclass(frozen=True)
 class Load:
     name: str
     label: str
-    tool: str  # wrk | h2load | pingpong | bulk | fanout | idle
+    tool: str  # wrk | h2load | connrate | pingpong | bulk | fanout | idle
     conns: int
     path: str = "/plaintext"
     pipeline: int = 1
@@ -40,6 +43,8 @@ LOADS = [
     Load("json64", "wrk JSON, 64 connections", "wrk", 64, path="/json"),
     Load("h2load64", "h2load --h1 plaintext, 64 connections", "h2load", 64),
     Load("h2c64", "h2load h2c plaintext, 64 connections, 10 streams each", "h2load", 64, h2c=True, streams=10),
+    Load("connrate", "new connections: connect, GET /plaintext, close (RST), 4 at a time; a PROXY v2 header first on a "
+         "server started with --ProxyProtocol true", "connrate", CONNRATE_WORKERS, unit="conn/s", cost_unit="µs/conn"),
     Load("echo", "raw TCP echo, 64 connections ping-pong of 64 B", "pingpong", 64,
          unit="round trips/s", cost_unit="µs/round trip", http=False),
     Load("bulk", "raw TCP echo, 4 connections streaming 64 KiB writes", "bulk", 4,
@@ -109,6 +114,10 @@ def command(load: Load, server, seconds: float, client_cpu: int, lua: Path) -> l
         port = server.http2_port if load.h2c else http_port
         return pin + ["h2load"] + protocol + [f"-c{load.conns}", "-t1", f"-m{load.streams}", "-D",
                                               str(max(1, round(seconds))), f"http://{HOST}:{port}{load.path}"]
+    if load.tool == "connrate":
+        # The header only where the server requires one (variants.create sets proxy_protocol from its arguments).
+        header = "2" if getattr(server, "proxy_protocol", False) else "0"
+        return pin + [str(CONNRATE), str(http_port), f"{seconds:g}", str(load.conns), header]
     if load.tool in ("pingpong", "bulk"):
         size = ECHO_MSG_BYTES if load.tool == "pingpong" else BULK_CHUNK_BYTES
         return pin + [str(TCPLOAD), load.tool, HOST, str(echo_port), str(load.conns), str(size), f"{seconds:g}"]
@@ -206,7 +215,17 @@ def parse_tcpload(out: str) -> dict:
     return r
 
 
-def parse(load: Load, out: str) -> dict:
+def parse_connrate(out: str, seconds: float) -> dict:
+    m = re.search(r"connections/s (\d+) failed (\d+)", out)
+    if not m:
+        return {"ops": 0, "rate": 0.0, "errors": 1, "non2xx": 0, "failure": "connrate printed no result"}
+    rate, failed = float(m.group(1)), int(m.group(2))
+    return {"ops": int(rate * seconds), "rate": rate, "errors": failed, "non2xx": 0}
+
+
+def parse(load: Load, out: str, seconds: float = 0.0) -> dict:
+    if load.tool == "connrate":
+        return parse_connrate(out, seconds)
     if load.tool == "wrk":
         return parse_wrk(out)
     if load.tool == "h2load":

@@ -159,8 +159,10 @@ def main(argv=None) -> int:
                     # The native compile and link take 1-5 minutes on 2 busy cores: outside the time budget, which
                     # is for measuring (the JIT build stays inside it, as it always was).
                     budget_start += time.monotonic() - t0
-        if any(l.tool in ("pingpong", "bulk", "idle") for l in loads):
+        if any(l.tool in ("pingpong", "bulk", "fanout", "idle") for l in loads):
             build.build_c(loadgen.TCPLOAD_SRC, loadgen.TCPLOAD, log, who="run.py")
+        if any(l.tool == "connrate" for l in loads):
+            build.build_c(loadgen.CONNRATE_SRC, loadgen.CONNRATE, log, who="run.py")
         runner = Runner(args, loads, variants, workdir, log, budget_start)
         estimate = runner.plan_seconds()
         log(f"plan: {len(loads)} loads × {len(variants)} variants × {args.rounds} round(s), "

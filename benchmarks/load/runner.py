@@ -57,7 +57,7 @@ class Runner:
             w = noise.Window(server.pid, self.sibling_pids(server))
             code, out, err = procs.run_bounded(cmd, timeout=window + 20)
             cpu = w.close()
-        r = loadgen.parse(load, out)
+        r = loadgen.parse(load, out, window)
         if code is None:
             r["errors"] = max(1, r.get("errors", 0))
             r["failure"] = f"the load generator did not stop within {window + 20:.0f} s (killed)"
@@ -205,6 +205,8 @@ class Runner:
 
     def variant_loads(self, variant: Variant) -> list:
         """The measured loads (not idle memory) a variant runs: nginx runs the HTTP ones only."""
+        if "--ProxyProtocol" in variant.args:
+            return [l for l in self.loads if l.tool == "connrate"]
         return [l for l in self.loads if l.tool != "idle"
                 and (variant.kind == "dotnet" or (l.http and not l.h2c and l.tool in ("wrk", "h2load")))]
 
@@ -221,6 +223,9 @@ class Runner:
             return []
         if variant.kind != "dotnet" or variant.aot:
             return [(LOADS_BY_NAME["plaintext64"], min(total, AOT_SESSION_WARMUP_S))]
+        if "--ProxyProtocol" in variant.args:
+            # Its HTTP port refuses requests without a header: only connrate (which sends one) warms it up.
+            return [(LOADS_BY_NAME["connrate"], total)]
         others = []
         for load in self.variant_loads(variant):
             key = self.warm_key(load)
@@ -367,7 +372,8 @@ class Runner:
             return None
         server = self.servers.get(variant.name)
         if server is not None:
-            if server.alive() and sample.http_ok(server.http_port, timeout=3.0):
+            if server.alive() and sample.http_ok(server.http_port, timeout=3.0,
+                                                 proxy_header=getattr(server, "proxy_protocol", False)):
                 return server
             state = "exited" if not server.alive() else "stopped answering /plaintext"
             self.event(f"{variant.name}: before {before}, the server {state}; restarting it. Its output:\n"

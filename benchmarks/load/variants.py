@@ -181,7 +181,10 @@ def create(variant: Variant, echo: bool, cpu: int, workdir: Path, log_path: Path
     if variant.kind == "nginx":
         return NginxServer(cpu, workdir, log_path, variant.name)
     app = Path(variant.app_dir) if variant.app_dir else AOT_DIR if variant.aot else APP_DIR
-    return sample.SampleServer(app, list(variant.args) + list(extra_args),
+    server = sample.SampleServer(app, list(variant.args) + list(extra_args),
                                env=variant.env, cpu=cpu, log_path=log_path, echo_port=0 if echo else -1,
                                http2_port=0, name=variant.name, cwd=str(workdir),
                                expect_transport=variant.transport)
+    # The connrate load sends a PROXY protocol header to a server that requires one.
+    server.proxy_protocol = "--ProxyProtocol" in variant.args
+    return server

@@ -44,8 +44,20 @@ def http_get(port: int, path: str, timeout: float = 5.0, host: str = HOST) -> tu
         conn.close()
 
 
-def http_ok(port: int, timeout: float = 1.0) -> bool:
-    """GET /plaintext answers 200 "Hello, World!"."""
+def http_ok(port: int, timeout: float = 1.0, proxy_header: bool = False) -> bool:
+    """GET /plaintext answers 200 "Hello, World!". With proxy_header, the request follows a PROXY protocol v1 header
+    (for a server started with --ProxyProtocol true, which refuses anything else)."""
+    if proxy_header:
+        try:
+            with socket.create_connection((HOST, port), timeout=timeout) as s:
+                s.sendall(f"PROXY TCP4 127.0.0.1 127.0.0.1 1 {port}\r\nGET /plaintext HTTP/1.1\r\nHost: {HOST}\r\n"
+                          f"Connection: close\r\n\r\n".encode())
+                data = b""
+                while chunk := s.recv(4096):
+                    data += chunk
+            return data.startswith(b"HTTP/1.1 200") and data.endswith(PLAINTEXT)
+        except OSError:
+            return False
     try:
         status, body = http_get(port, "/plaintext", timeout)
         return status == 200 and body == PLAINTEXT
@@ -137,7 +149,7 @@ class Service:
     def wait_answers(self, deadline_s: float) -> None:
         """Polls GET /plaintext until it answers; ServerFailure if the process exits first or the deadline passes."""
         deadline = self.started_at + deadline_s
-        while not http_ok(self.http_port, timeout=1.0):
+        while not http_ok(self.http_port, timeout=1.0, proxy_header=getattr(self, "proxy_protocol", False)):
             if not self.alive():
                 raise ServerFailure(f"{self.name}: the server exited ({self.proc.returncode}) before it was "
                                     f"ready:\n{self.log_tail()}")
