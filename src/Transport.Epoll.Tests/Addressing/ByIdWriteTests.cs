@@ -330,7 +330,7 @@ public sealed class ByIdWriteTests(ITestOutputHelper output)
                 ("the handler's file and last flush first", [.. h, .. own, .. t, .. byId]),
             ];
             var match = allowed.FirstOrDefault(a => received.AsSpan().SequenceEqual(a.Bytes));
-            Assert.True(match.Bytes is not null, "the stream is not the file by id, whole, between two of the handler's units");
+            Assert.True(match.Bytes is not null, "the stream is not the file by id, whole, between two of the handler's units: " + Describe(received, byId, own));
             output.WriteLine(match.Order);
         }
         finally
@@ -345,5 +345,15 @@ public sealed class ByIdWriteTests(ITestOutputHelper output)
         var bytes = new byte[size];
         BinaryPrimitives.WriteInt32LittleEndian(bytes, number);
         return bytes;
+    }
+
+    /// <summary>Where the pieces are in a stream that matched no allowed order (for the failure message).</summary>
+    private static string Describe(byte[] received, byte[] byId, byte[] own)
+    {
+        int byIdAt = received.AsSpan().IndexOf(byId.AsSpan(0, 64));
+        int ownAt = received.AsSpan().IndexOf(own.AsSpan(0, 64));
+        int h = received.AsSpan().IndexOf("H\n"u8);
+        int t = received.AsSpan().LastIndexOf("T\n"u8);
+        return $"by-id file starts at {byIdAt}, handler's file at {ownAt}, H at {h}, T at {t}, {received.Length} bytes";
     }
 }

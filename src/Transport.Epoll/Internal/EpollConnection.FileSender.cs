@@ -365,9 +365,19 @@ internal sealed partial class EpollConnection
             if (_afterById is { } next)
             {
                 _afterById = null;
-                Start(next);
+
+                // Started once this send loop has unwound (the end of the turn): from inside it, the re-read that
+                // places the job finds no output read pending and is lost, and the handler's file would wait forever
+                // for bytes it is not going to write (a hang in about one run in five of the by-id file test).
+                connection.Loop.Schedule(s_startWaiting, (this, next));
             }
         }
+
+        private static readonly Action<object?> s_startWaiting = static state =>
+        {
+            var (sender, job) = ((FileSender, SendFileJob))state!;
+            sender.Start(job);
+        };
 
         private ConnectionAbortedException ClosedBeforeFileSent() => connection._closeError switch
         {
