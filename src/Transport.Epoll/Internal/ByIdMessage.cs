@@ -55,10 +55,17 @@ internal sealed unsafe class ByIdMessage
 
     public void AddReference() => Interlocked.Increment(ref _references);
 
+    /// <summary>Takes <paramref name="count"/> references at once (a loop's fan-out takes one per connection it may
+    /// queue the message on, then gives back those it did not use: two atomic operations instead of one per connection).</summary>
+    public void AddReferences(int count) => Interlocked.Add(ref _references, count);
+
     /// <summary>Drops one reference; the last one returns the message to the pool.</summary>
-    public void Release()
+    public void Release() => Release(1);
+
+    /// <summary>Drops <paramref name="count"/> references; the last one returns the message to the pool.</summary>
+    public void Release(int count)
     {
-        if (Interlocked.Decrement(ref _references) != 0)
+        if (Interlocked.Add(ref _references, -count) != 0)
         {
             return;
         }

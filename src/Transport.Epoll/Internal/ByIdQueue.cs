@@ -103,7 +103,17 @@ internal sealed class ByIdQueue
     /// or by the loop, never sent).</summary>
     public bool TryEnqueue(in ByIdItem item, long bytes)
     {
-        Interlocked.Add(ref _queuedBytes, bytes);
+        Reserve(bytes);
+        return TryEnqueueReserved(item);
+    }
+
+    /// <summary>Counts <paramref name="bytes"/> as queued ahead of the item itself (a write routed through the loop is
+    /// counted against the limit from the moment it is accepted).</summary>
+    public void Reserve(long bytes) => Interlocked.Add(ref _queuedBytes, bytes);
+
+    /// <summary>Queues <paramref name="item"/>, whose bytes were reserved; false as <see cref="TryEnqueue"/>.</summary>
+    public bool TryEnqueueReserved(in ByIdItem item)
+    {
         _items.Enqueue(item);
 
         // The enqueue is a full fence, and so is the loop's Close before it empties the queue: either the loop sees
@@ -117,19 +127,14 @@ internal sealed class ByIdQueue
         return true;
     }
 
-    /// <summary>Queues the graceful close; false when one is queued already or the queue is closed.</summary>
-    public bool TryEnqueueClose()
-    {
-        if (Interlocked.Exchange(ref _closeRequested, 1) != 0)
-        {
-            return false;
-        }
+    /// <summary>Claims the graceful close (then queued as <see cref="ByIdItem.Close"/>); false when one was claimed already.</summary>
+    public bool TryRequestClose() => Interlocked.Exchange(ref _closeRequested, 1) == 0;
 
-        return TryEnqueue(ByIdItem.Close, 0);
-    }
-
-    /// <summary>True when the caller must schedule the loop's look at this queue (none is pending).</summary>
-    public bool TryClaimWakeUp() => Interlocked.Exchange(ref _wakeUpPending, 1) == 0;
+    /// <summary>True when the caller must schedule the loop's look at this queue (none is pending). Read before the
+    /// exchange: with broadcasts in flight most connections are already waiting for the loop, and the loop clears the
+    /// flag with an exchange before it looks at the queue, so an item queued before this read is seen either way.</summary>
+    public bool TryClaimWakeUp()
+        => Volatile.Read(ref _wakeUpPending) == 0 && Interlocked.Exchange(ref _wakeUpPending, 1) == 0;
 
     /// <summary>On the loop, before it looks at the queue: an enqueue after this point schedules another look.</summary>
     public void WakeUpRan() => Interlocked.Exchange(ref _wakeUpPending, 0);

@@ -24,6 +24,9 @@ internal sealed partial class EpollConnection
 
     public ByIdQueue? ById => Volatile.Read(ref _byId);
 
+    /// <summary>Loop only: where this connection is in its loop's list of addressable connections; -1 when not listed.</summary>
+    public int AddressableSlot { get; set; } = -1;
+
     /// <summary>Messages by id are queued or partly sent: the send belongs to the loop.</summary>
     private bool ByIdBusy => Volatile.Read(ref _byId) is { } queue && (queue.HeldCount > 0 || !queue.IsEmpty);
 
@@ -50,6 +53,7 @@ internal sealed partial class EpollConnection
         }
 
         _context.Addressable.Add(this);
+        Loop.ListAddressable(this);
         EpollLog.MadeAddressable(_logger, ConnectionId);
 
         // The loop closes the fd, then forgets the connection here: a close that came first would leave it listed.
@@ -97,16 +101,10 @@ internal sealed partial class EpollConnection
             return EpollWriteResult.Written;
         }
 
-        if (!queue.TryEnqueue(new ByIdItem(ByIdMessage.Rent(message)), message.Length))
-        {
-            return EpollWriteResult.Gone;
-        }
-
-        WakeLoopForById(queue);
-        return EpollWriteResult.Written;
+        return Enqueue(queue, new ByIdItem(ByIdMessage.Rent(message)), message.Length) ? EpollWriteResult.Written : EpollWriteResult.Gone;
     }
 
-    /// <summary>Queues one reference of a broadcast's shared message; false when gone or full.</summary>
+    /// <summary>Any thread: queues one reference of a broadcast's shared message; false when gone or full.</summary>
     public bool EnqueueShared(ByIdMessage message)
     {
         ByIdQueue? queue = ById;
@@ -116,13 +114,64 @@ internal sealed partial class EpollConnection
         }
 
         message.AddReference();
-        if (!queue.TryEnqueue(new ByIdItem(message), message.Length))
+        return Enqueue(queue, new ByIdItem(message), message.Length);
+    }
+
+    /// <summary>On the loop, from a broadcast's fan-out (already in order): queues <paramref name="message"/>, with a
+    /// reference the caller took for it, unless the connection is gone or full. True when that reference was used
+    /// (queued, or released by a queue that closed meanwhile).</summary>
+    public bool EnqueueSharedOnLoop(ByIdMessage message)
+    {
+        ByIdQueue? queue = ById;
+        if (queue is null || queue.RefusesWrites)
         {
             return false;
         }
 
-        WakeLoopForById(queue);
+        if (queue.IsFull(message.Length, _context.MaxWriteBufferSize))
+        {
+            _context.Metrics.ByIdFull();
+            return false;
+        }
+
+        if (queue.TryEnqueue(new ByIdItem(message), message.Length))
+        {
+            WakeLoopForById(queue);
+        }
+
         return true;
+    }
+
+    /// <summary>
+    /// Any thread: queues what a caller wrote by id. Straight onto the connection's queue, unless a broadcast (or a
+    /// write routed behind one) is still waiting for the loop: then through the loop's work queue, so that it lands
+    /// after the broadcast this thread may have made before it. False when the queue closed (the item is released).
+    /// </summary>
+    private bool Enqueue(ByIdQueue queue, in ByIdItem item, long bytes)
+    {
+        if (!Loop.ByIdRoutingPending)
+        {
+            if (!queue.TryEnqueue(item, bytes))
+            {
+                return false;
+            }
+
+            WakeLoopForById(queue);
+            return true;
+        }
+
+        queue.Reserve(bytes);
+        Loop.RouteById(new RoutedWrite(this, queue, item));
+        return true;
+    }
+
+    /// <summary>On the loop: a write routed behind a broadcast reached its turn.</summary>
+    public void EnqueueRouted(ByIdQueue queue, in ByIdItem item)
+    {
+        if (queue.TryEnqueueReserved(item))
+        {
+            WakeLoopForById(queue);
+        }
     }
 
     public async ValueTask<EpollWriteResult> WriteByIdAsync(ReadOnlyMemory<byte> message, CancellationToken cancellationToken)
@@ -143,13 +192,7 @@ internal sealed partial class EpollConnection
     public bool CloseById()
     {
         ByIdQueue? queue = ById;
-        if (queue is null || !queue.TryEnqueueClose())
-        {
-            return false;
-        }
-
-        WakeLoopForById(queue);
-        return true;
+        return queue is not null && !queue.IsClosed && queue.TryRequestClose() && Enqueue(queue, ByIdItem.Close, 0);
     }
 
     public bool AbortById()
@@ -197,12 +240,11 @@ internal sealed partial class EpollConnection
         try
         {
             job.FileFd = (int)file.DangerousGetHandle();
-            if (!queue.TryEnqueue(new ByIdItem(job, cancellationToken), 0))
+            if (!Enqueue(queue, new ByIdItem(job, cancellationToken), 0))
             {
                 return EpollWriteResult.Gone;
             }
 
-            WakeLoopForById(queue);
             using CancellationTokenRegistration registration = cancellationToken.UnsafeRegister(static (state, token) =>
             {
                 var (connection, job) = ((EpollConnection, SendFileJob))state!;
@@ -433,10 +475,7 @@ internal sealed partial class EpollConnection
 
             queue.HeldCount = heldList?.Count ?? 0;
             queue.OnSent(took, limit);
-            if (fromQueue > 0)
-            {
-                _context.Metrics.ByIdSent(fromQueue);
-            }
+            counters.ByIdMessages += fromQueue;
 
             if (written < 0 && sendError != Error.EAGAIN)
             {
@@ -544,6 +583,7 @@ internal sealed partial class EpollConnection
     /// <summary>On the loop, at the close: the connection leaves the transport's addressable set.</summary>
     private void ForgetAddressing()
     {
+        Loop.UnlistAddressable(this);
         EndById();
         if (_byId is { IsRevoked: false })
         {

@@ -70,19 +70,39 @@ internal sealed class EpollConnections(EpollTransportFactory factory) : IEpollCo
     public int Broadcast(EndPoint endPoint, ReadOnlySpan<byte> message, ulong exceptId = 0)
     {
         ArgumentNullException.ThrowIfNull(endPoint);
-        using var copies = new LoopCopies(_context.Options.ThreadCount);
-        int queued = 0;
-        foreach (KeyValuePair<ulong, EpollConnection> pair in _context.Addressable.Map)
+        _context.Metrics.ByIdBroadcast();
+        if (_context.Addressable.On(endPoint) is not { } counts)
         {
-            EpollConnection connection = pair.Value;
-            if (pair.Key != exceptId && AddressableConnections.IsOn(connection, endPoint)
-                && connection.EnqueueShared(copies.For(connection.LoopIndex, message)))
+            return 0;
+        }
+
+        // One job per loop with connections on the endpoint; each loop queues it on its own connections, in order with
+        // what was written by id before this call (EpollLoop.ById.cs).
+        EpollConnection? excepted = exceptId != 0 ? Find(exceptId) : null;
+        int queued = 0;
+        foreach (AddressableConnections.LoopCounts.Entry entry in counts.Entries)
+        {
+            int count = entry.Count;
+            if (count <= 0)
             {
-                queued++;
+                continue;
+            }
+
+            var job = BroadcastJob.Rent(entry.Loop, ByIdMessage.Rent(message), endPoint, exceptId);
+            if (!entry.Loop.PostBroadcast(job))
+            {
+                job.Discard();
+                _context.Metrics.ByIdFull();
+                continue;
+            }
+
+            queued += count;
+            if (excepted is not null && excepted.Loop == entry.Loop && AddressableConnections.IsOn(excepted, endPoint))
+            {
+                queued--;
             }
         }
 
-        _context.Metrics.ByIdBroadcast();
         return queued;
     }
 

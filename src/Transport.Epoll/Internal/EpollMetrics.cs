@@ -26,7 +26,6 @@ internal sealed class EpollMetrics : IDisposable
     private readonly Counter<long> _proxyUntrusted;
     private readonly Histogram<int> _eventsPerWakeUp;
     private readonly Counter<long> _sendFileFallbackBytes;
-    private readonly Counter<long> _byIdSent;
     private readonly Counter<long> _byIdRefused;
     private readonly Counter<long> _byIdBroadcasts;
     private long _activeCount;
@@ -45,7 +44,7 @@ internal sealed class EpollMetrics : IDisposable
         _staleEvents = _meter.CreateCounter<long>("epoll.events.stale", "{event}", "Events dropped because their connection id was no longer live.");
         _eventsPerWakeUp = _meter.CreateHistogram<int>("epoll.loop.events_per_wakeup", "{event}", "Events returned by one epoll_wait that returned any.");
 
-        _byIdSent = _meter.CreateCounter<long>("epoll.byid.messages", "{message}", "Messages written by id (IEpollConnections) that the kernel took, one per connection for a broadcast.");
+        _meter.CreateObservableCounter("epoll.byid.messages", () => Sum().ByIdMessages, "{message}", "Messages written by id (IEpollConnections) that the kernel took, one per connection for a broadcast.");
         _byIdRefused = _meter.CreateCounter<long>("epoll.byid.refused", "{message}", "Writes by id refused because the connection's by-id queue was at MaxWriteBufferSize (result Full).");
         _byIdBroadcasts = _meter.CreateCounter<long>("epoll.byid.broadcasts", "{broadcast}", "Broadcasts made through IEpollConnections.");
         _sendFileFallbackBytes = _meter.CreateCounter<long>("epoll.sendfile.fallback_bytes", "By", "File bytes SendFileAsync copied through the pipe because sendfile(2) could not be used.");
@@ -145,8 +144,6 @@ internal sealed class EpollMetrics : IDisposable
             _connectFailures.Add(1, new KeyValuePair<string, object?>("error", error));
         }
     }
-
-    public void ByIdSent(int messages) => _byIdSent.Add(messages);
 
     public void ByIdFull() => _byIdRefused.Add(1);
 

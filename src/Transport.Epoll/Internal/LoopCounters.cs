@@ -20,6 +20,7 @@ internal sealed class LoopCounters
     public long FlusherWrites;
     public long BytesReceived;
     public long BytesSent;
+    public long ByIdMessages;
     public long SendFileCalls;
     public long SendFileBytes;
     public long SendFileOffloads;
@@ -74,6 +75,7 @@ internal sealed class LoopCounters
         total.FlusherWrites += Volatile.Read(ref FlusherWrites);
         total.BytesReceived += Volatile.Read(ref BytesReceived);
         total.BytesSent += Volatile.Read(ref BytesSent);
+        total.ByIdMessages += Volatile.Read(ref ByIdMessages);
         total.SendFileCalls += Volatile.Read(ref SendFileCalls);
         total.SendFileBytes += Volatile.Read(ref SendFileBytes);
         total.SendFileOffloads += Volatile.Read(ref SendFileOffloads);
