@@ -50,6 +50,30 @@ public static class Client
         return await socket.ReceiveAsync(buffer, SocketFlags.None, cts.Token);
     }
 
+    /// <summary>
+    /// Reads up to a '\n' and returns the ASCII line without it; fails on EOF or timeout. One byte per receive, so
+    /// nothing after the line is consumed: callers go on to read the bytes that follow it.
+    /// </summary>
+    public static async Task<string> ReceiveLineAsync(this Socket socket, TimeSpan? timeout = null)
+    {
+        var line = new List<byte>();
+        var one = new byte[1];
+        while (true)
+        {
+            if (await socket.ReceiveOnceAsync(one, timeout) == 0)
+            {
+                throw new EndOfStreamException("EOF before the end of the line: " + Encoding.ASCII.GetString(line.ToArray()));
+            }
+
+            if (one[0] == (byte)'\n')
+            {
+                return Encoding.ASCII.GetString(line.ToArray());
+            }
+
+            line.Add(one[0]);
+        }
+    }
+
     /// <summary>Reads exactly <paramref name="count"/> bytes; fails on EOF or timeout.</summary>
     public static async Task<byte[]> ReceiveExactlyAsync(this Socket socket, int count, TimeSpan? timeout = null)
     {

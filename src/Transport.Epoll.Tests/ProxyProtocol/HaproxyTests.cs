@@ -81,7 +81,7 @@ public sealed class HaproxyTests(ITestOutputHelper output)
 
         using var socket = await Client.ConnectAsync(haproxy.Frontends["raw"], s => s.Bind(new IPEndPoint(ClientAddress, 0)));
         await socket.SendAllAsync("after the header\n");
-        string[] parts = (await ReadLineAsync(socket)).Split('|');
+        string[] parts = (await socket.ReceiveLineAsync()).Split('|');
         Assert.Equal(socket.LocalEndPoint!.ToString(), parts[0]);
         Assert.Equal(haproxy.Frontends["raw"].ToString(), parts[1]);
         Assert.Equal(proxyLine == "send-proxy" ? "1" : "2", parts[2]);
@@ -90,7 +90,7 @@ public sealed class HaproxyTests(ITestOutputHelper output)
             Assert.Contains("3", parts[3].Split(','));
         }
 
-        Assert.Equal("after the header\n", await ReadLineAsync(socket) + "\n");
+        Assert.Equal("after the header\n", await socket.ReceiveLineAsync() + "\n");
     }
 
     /// <summary>GET /connection through <paramref name="frontend"/> from <see cref="ClientAddress"/>, over HTTP/1.1 or
@@ -120,17 +120,5 @@ public sealed class HaproxyTests(ITestOutputHelper output)
         Assert.Equal(version, response.Version);
         response.EnsureSuccessStatusCode();
         return (await response.Content.ReadAsStringAsync(), clientEndPoint);
-    }
-
-    private static async Task<string> ReadLineAsync(Socket socket)
-    {
-        var line = new List<byte>();
-        var one = new byte[1];
-        while (await socket.ReceiveOnceAsync(one) == 1 && one[0] != (byte)'\n')
-        {
-            line.Add(one[0]);
-        }
-
-        return Encoding.ASCII.GetString(line.ToArray());
     }
 }

@@ -240,7 +240,7 @@ public sealed class ProxyHeaderTests(ITestOutputHelper output)
         }
 
         byte[] after = Client.RandomBytes(100_000, seed: version);
-        var line = ReadLineAsync(socket);
+        var line = socket.ReceiveLineAsync();
         await socket.SendAllAsync(after);
         Assert.Equal($"[2001:db8::1]:40000|[2001:db8::ffff:2]:8443|{version}|Proxy|{(version == 1 ? 0 : 2)}", await line);
         Assert.Equal(Client.Sha256(after), Client.Sha256(await socket.ReceiveExactlyAsync(after.Length)));
@@ -334,7 +334,7 @@ public sealed class ProxyHeaderTests(ITestOutputHelper output)
             Assert.False(stopping.IsCompleted, "The stop did not wait for the connection reading its header.");
 
             await socket.SendAllAsync(Concat(header[10..], After));
-            Assert.Equal("192.0.2.1:56324|198.51.100.2:443|1|Proxy|0", await ReadLineAsync(socket));
+            Assert.Equal("192.0.2.1:56324|198.51.100.2:443|1|Proxy|0", await socket.ReceiveLineAsync());
             Assert.Equal(After, await socket.ReceiveExactlyAsync(After.Length));
             socket.Shutdown(SocketShutdown.Send);
             await stopping.WithTimeout(Timeouts.Bulk);
@@ -343,18 +343,6 @@ public sealed class ProxyHeaderTests(ITestOutputHelper output)
         {
             await server.DisposeAsync();
         }
-    }
-
-    private static async Task<string> ReadLineAsync(Socket socket)
-    {
-        var line = new List<byte>();
-        var one = new byte[1];
-        while (await socket.ReceiveOnceAsync(one) == 1 && one[0] != (byte)'\n')
-        {
-            line.Add(one[0]);
-        }
-
-        return Encoding.ASCII.GetString(line.ToArray());
     }
 
     private static byte[] Corrupt(byte[] header, int index, byte value)

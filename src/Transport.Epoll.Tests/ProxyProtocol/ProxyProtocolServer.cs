@@ -52,7 +52,7 @@ internal sealed class ProxyProtocolServer : IAsyncDisposable
     {
         using var socket = await Client.ConnectAsync(target ?? EndPoint, configure);
         await socket.SendAllAsync(ProxyHeaders.Concat(header, after));
-        string line = await ReadLineAsync(socket);
+        string line = await socket.ReceiveLineAsync();
         byte[] echo = after.Length == 0 ? [] : await socket.ReceiveExactlyAsync(after.Length);
         return (line, echo);
     }
@@ -131,26 +131,6 @@ internal sealed class ProxyProtocolServer : IAsyncDisposable
     public List<LogEntry> Rejections => Server.Logs.Entries.Where(e => e.EventId.Id is 209 or 210).ToList();
 
     public ValueTask DisposeAsync() => Server.DisposeAsync();
-
-    private static async Task<string> ReadLineAsync(Socket socket)
-    {
-        var line = new List<byte>();
-        var one = new byte[1];
-        while (true)
-        {
-            if (await socket.ReceiveOnceAsync(one) == 0)
-            {
-                throw new EndOfStreamException("EOF before the handler's line: " + Encoding.ASCII.GetString(line.ToArray()));
-            }
-
-            if (one[0] == (byte)'\n')
-            {
-                return Encoding.ASCII.GetString(line.ToArray());
-            }
-
-            line.Add(one[0]);
-        }
-    }
 
     private async Task DescribeAndEchoAsync(ConnectionContext connection)
     {

@@ -1,7 +1,6 @@
 using System.Diagnostics.Metrics;
 using System.Runtime.Versioning;
 using Microsoft.AspNetCore.Connections;
-using Microsoft.Extensions.DependencyInjection.Extensions;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
 using Transport.Epoll;
@@ -24,16 +23,7 @@ public static class EpollConnectionFactoryServiceCollectionExtensions
     /// <exception cref="PlatformNotSupportedException">The system has no epoll; the message says why.</exception>
     public static IServiceCollection AddEpollConnectionFactory(this IServiceCollection services, Action<EpollTransportOptions>? configureOptions = null)
     {
-        ArgumentNullException.ThrowIfNull(services);
-        EpollTransport.ThrowIfUnsupported();
-
-        var builder = services.AddOptions<EpollTransportOptions>();
-        if (configureOptions is not null)
-        {
-            builder.Configure(configureOptions);
-        }
-
-        services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<EpollTransportOptions>, EpollTransportOptionsValidator>());
+        EpollTransportOptionsRegistration.Add(services, configureOptions);
         AddFactory(services);
         return services;
     }

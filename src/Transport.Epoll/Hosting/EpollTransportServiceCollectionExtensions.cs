@@ -1,7 +1,5 @@
 using System.Runtime.Versioning;
 using Microsoft.AspNetCore.Connections;
-using Microsoft.Extensions.DependencyInjection.Extensions;
-using Microsoft.Extensions.Options;
 using Transport.Epoll;
 using Transport.Epoll.Hosting;
 using Transport.Epoll.Internal;
@@ -21,16 +19,7 @@ public static class EpollTransportServiceCollectionExtensions
     /// <exception cref="PlatformNotSupportedException">The system has no epoll; the message says why.</exception>
     public static IServiceCollection AddEpollTransport(this IServiceCollection services, Action<EpollTransportOptions>? configureOptions = null)
     {
-        ArgumentNullException.ThrowIfNull(services);
-        EpollTransport.ThrowIfUnsupported();
-
-        var builder = services.AddOptions<EpollTransportOptions>();
-        if (configureOptions is not null)
-        {
-            builder.Configure(configureOptions);
-        }
-
-        services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<EpollTransportOptions>, EpollTransportOptionsValidator>());
+        EpollTransportOptionsRegistration.Add(services, configureOptions);
 
         // Not TryAdd: Kestrel asks the last registered factory first, so this must come after the Sockets factory
         // that UseKestrel() registers, whichever of the two calls came first. Calling this twice registers one factory.
