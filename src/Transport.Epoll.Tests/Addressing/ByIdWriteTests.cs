@@ -316,7 +316,16 @@ public sealed class ByIdWriteTests(ITestOutputHelper output)
             Assert.True(await Poll.UntilAsync(() => connections.TryGetInfo(accepted.Id, out var info) && info.QueuedBytes == 0 && !sending.IsCompleted));
             go.SetResult();
 
-            byte[] received = await client.ReceiveExactlyAsync(byId.Length + 2 + own.Length + 2, Timeouts.Bulk);
+            byte[] received;
+            try
+            {
+                received = await client.ReceiveExactlyAsync(byId.Length + 2 + own.Length + 2, Timeouts.Bulk);
+            }
+            catch (PartialReceiveException e)
+            {
+                throw new Xunit.Sdk.XunitException($"{e.Message} {Describe(e.Received, byId, own)}; by id: {(sending.IsCompleted ? sending.Status : "sending")}, handler: {(ownSent.Task.IsCompleted ? ownSent.Task.Status : "sending")}");
+            }
+
             Assert.Equal(EpollWriteResult.Written, await sending.WithTimeout());
             await ownSent.Task.WithTimeout();
             // The file by id lands whole between two of the handler's units: "H\n" and its file (one flush, then the

@@ -82,7 +82,16 @@ public static class Client
         using var cts = Timeouts.Cts(timeout);
         while (read < count)
         {
-            int n = await socket.ReceiveAsync(buffer.AsMemory(read), SocketFlags.None, cts.Token);
+            int n;
+            try
+            {
+                n = await socket.ReceiveAsync(buffer.AsMemory(read), SocketFlags.None, cts.Token);
+            }
+            catch (OperationCanceledException e) when (cts.IsCancellationRequested)
+            {
+                throw new PartialReceiveException(buffer[..read], count, e);
+            }
+
             if (n == 0)
             {
                 throw new EndOfStreamException($"EOF after {read} of {count} bytes.");
@@ -132,4 +141,11 @@ public static class Client
     }
 
     public static string Sha256(ReadOnlySpan<byte> data) => Convert.ToHexString(SHA256.HashData(data));
+}
+
+/// <summary>A receive that timed out before all the bytes it waited for came: what did come, for the failure message.</summary>
+public sealed class PartialReceiveException(byte[] received, int expected, Exception inner)
+    : TimeoutException($"Timed out after {received.Length} of {expected} bytes.", inner)
+{
+    public byte[] Received { get; } = received;
 }

@@ -315,8 +315,9 @@ internal sealed partial class EpollConnection
         }
 
         queue.WakeUpRan();
-        if (_fd < 0 || SendDone)
+        if (_fd < 0 || SendDone || HandlerFileComing)
         {
+            // A handler's file is on its way: the send loop sends the queue once that file is out.
             return;
         }
 

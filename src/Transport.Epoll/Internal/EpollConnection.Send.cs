@@ -158,7 +158,7 @@ internal sealed partial class EpollConnection
             long limit = job?.StreamPosition ?? bufferEnd;
             if (_positions.Sent >= limit)
             {
-                if (job is null && !OnFlusher && _byId is { IsEmpty: false })
+                if (job is null && !OnFlusher && _byId is { IsEmpty: false } && !HandlerFileComing)
                 {
                     // Every byte the handler flushed so far is sent (a read ends where a flush ended): messages by id
                     // go out here, between two of the handler's flushes (EpollConnection.ById.cs).

@@ -19,8 +19,24 @@ internal sealed partial class EpollConnection
     private static readonly Action<object?> s_startFileJob = static state =>
     {
         var (connection, job) = ((EpollConnection, SendFileJob))state!;
+        if (job.Announced)
+        {
+            Interlocked.Decrement(ref connection._handlerFilesComing);
+        }
+
         (connection._files ??= new FileSender(connection)).Start(job);
     };
+
+    /// <summary>
+    /// The handler's SendFileAsync calls between their flush and the loop taking their file. The flush ends a pipe read,
+    /// where messages by id may go out; one going out there would land between the bytes the handler wrote just before
+    /// the file (a header, say) and the file. While this is not 0 the send side holds messages by id back; the file
+    /// job, once taken, goes first, and they follow it.
+    /// </summary>
+    private int _handlerFilesComing;
+
+    /// <summary>A handler's file is between its flush and the loop: nothing by id may start now.</summary>
+    private bool HandlerFileComing => Volatile.Read(ref _handlerFilesComing) != 0;
 
     /// <summary>The loop's side of SendFileAsync, made at the first job (most connections never send a file).</summary>
     private FileSender? _files;
@@ -58,8 +74,19 @@ internal sealed partial class EpollConnection
         }
 
         // Every byte advanced before the call goes first: flushed into the pipe, where the loop finds it ahead of the job.
-        await FlushOrThrowAsync(output, cancellationToken).ConfigureAwait(false);
-        SendFileOutcome outcome = await RunFileJobAsync(new SendFileJob(file, offset, count, placeholders: 0), cancellationToken).ConfigureAwait(false);
+        // Announced before the flush, so that nothing by id starts where that flush ends (see _handlerFilesComing).
+        Interlocked.Increment(ref _handlerFilesComing);
+        try
+        {
+            await FlushOrThrowAsync(output, cancellationToken).ConfigureAwait(false);
+        }
+        catch
+        {
+            WithdrawFileAnnouncement();
+            throw;
+        }
+
+        SendFileOutcome outcome = await RunFileJobAsync(new SendFileJob(file, offset, count, placeholders: 0) { Announced = true }, cancellationToken).ConfigureAwait(false);
         if (outcome == SendFileOutcome.NotSupported)
         {
             await CopyFileAsync(output, file, offset, count, cancellationToken).ConfigureAwait(false);
@@ -70,11 +97,13 @@ internal sealed partial class EpollConnection
     internal async Task<SendFileOutcome> RunFileJobAsync(SendFileJob job, CancellationToken cancellationToken)
     {
         bool added = false;
-        job.File.DangerousAddRef(ref added);
+        bool scheduled = false;
         try
         {
+            job.File.DangerousAddRef(ref added);
             job.FileFd = (int)job.File.DangerousGetHandle();
             Loop.Schedule(s_startFileJob, (this, job));
+            scheduled = true;
             using CancellationTokenRegistration registration = cancellationToken.UnsafeRegister(static (state, token) =>
             {
                 var (connection, job) = ((EpollConnection, SendFileJob))state!;
@@ -88,11 +117,25 @@ internal sealed partial class EpollConnection
         }
         finally
         {
+            if (!scheduled && job.Announced)
+            {
+                WithdrawFileAnnouncement();
+            }
+
             // The loop is done with the descriptor (a worker thread holds a reference of its own while it runs).
             if (added)
             {
                 job.File.DangerousRelease();
             }
+        }
+    }
+
+    /// <summary>The announced file will not come (its flush failed): messages by id held back for it may go.</summary>
+    private void WithdrawFileAnnouncement()
+    {
+        if (Interlocked.Decrement(ref _handlerFilesComing) == 0 && ById is not null)
+        {
+            Loop.Schedule(static state => ((EpollConnection)state!).LookAtById(), this);
         }
     }
 

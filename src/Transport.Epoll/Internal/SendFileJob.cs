@@ -36,6 +36,9 @@ internal sealed class SendFileJob
     /// <summary>Sent by id (IEpollConnections.SendFileAsync), from the by-id queue rather than the handler.</summary>
     public bool ById { get; init; }
 
+    /// <summary>A handler's SendFileAsync announced it before its flush (EpollConnection._handlerFilesComing).</summary>
+    public bool Announced { get; init; }
+
     public SafeFileHandle File { get; }
 
     /// <summary>The raw descriptor, valid while the job holds a reference on <see cref="File"/> (taken by the caller).</summary>
