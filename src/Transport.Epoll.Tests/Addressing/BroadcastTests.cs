@@ -22,9 +22,6 @@ public sealed class BroadcastTests(ITestOutputHelper output)
     /// pool of copies for as many in flight at once.</summary>
     private const int Rounds = 20;
 
-    /// <summary>Open fds a settled process may differ by (the runtime's own, timers, the child's pipes).</summary>
-    private const int FdTolerance = 8;
-
     [Fact]
     public async Task A_broadcast_to_10000_connections_reaches_every_one_with_one_copy_per_loop()
     {
@@ -42,7 +39,7 @@ public sealed class BroadcastTests(ITestOutputHelper output)
             o.Backlog = 4096;
         });
         IEpollConnections connections = server.Connections;
-        int fdBaseline = (int)await Poll.UntilStableAsync(() => ProcessInfo.OpenFdCount(), TimeSpan.FromMilliseconds(300));
+        int socketBaseline = (int)await Poll.UntilStableAsync(() => ProcessInfo.OpenSocketCount(), TimeSpan.FromMilliseconds(300));
         var fdsBefore = ProcessInfo.OpenFds();
         int tableBaseline = ConnectionTable.Shared.Count;
 
@@ -125,10 +122,13 @@ public sealed class BroadcastTests(ITestOutputHelper output)
             await clients.KillAsync();
             output.WriteLine($"all closed after {clock.ElapsedMilliseconds} ms");
 
-            // Nothing leaked: the server's 10,000 fds and table entries are all given back.
-            int fds = 0;
-            bool settled = await Poll.UntilAsync(() => (fds = ProcessInfo.OpenFdCount()) <= fdBaseline + FdTolerance, Timeouts.Bulk);
-            Assert.True(settled, $"{fds - fdBaseline} fds more than before the {Count} connections (baseline {fdBaseline}): {ProcessInfo.DescribeNewFds(fdsBefore)}");
+            // Nothing leaked: the server's 10,000 sockets and table entries are all given back. Sockets, not every fd: the
+            // runtime keeps fds of the assemblies it loads, and a first use of one may come meanwhile (seen in the full
+            // suite: 15 .dll fds opened during this test). The serial collection runs alone, so no other test's
+            // sockets come and go meanwhile.
+            int sockets = 0;
+            bool settled = await Poll.UntilAsync(() => (sockets = ProcessInfo.OpenSocketCount()) <= socketBaseline, Timeouts.Bulk);
+            Assert.True(settled, $"{sockets - socketBaseline} sockets more than before the {Count} connections (baseline {socketBaseline}): {ProcessInfo.DescribeNewFds(fdsBefore)}");
             int slots = 0;
             Assert.True(
                 await Poll.UntilAsync(() => (slots = ConnectionTable.Shared.Count) == tableBaseline, Timeouts.Bulk),
