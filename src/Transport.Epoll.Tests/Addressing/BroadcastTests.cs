@@ -18,8 +18,8 @@ public sealed class BroadcastTests(ITestOutputHelper output)
 {
     private const int Count = 10_000;
 
-    /// <summary>Broadcasts measured for allocation, sent back to back; as many go before them, unmeasured, to warm the
-    /// pool of copies for as many in flight at once.</summary>
+    /// <summary>Broadcasts of each form measured for allocation, sent back to back; as many go before them, unmeasured,
+    /// to warm the pools for as many in flight at once.</summary>
     private const int Rounds = 20;
 
     [Fact]
@@ -43,14 +43,24 @@ public sealed class BroadcastTests(ITestOutputHelper output)
         var fdsBefore = ProcessInfo.OpenFds();
         int tableBaseline = ConnectionTable.Shared.Count;
 
-        // Every connection must receive exactly these bytes, in this order: the endpoint form, the ids form, then the
-        // warm-up rounds and the measured ones (ids form).
-        byte[] first = Message(-1);
-        byte[] second = Message(-2);
-        byte[][] warmUp = Enumerable.Range(Rounds, Rounds).Select(Message).ToArray();
-        byte[][] measured = Enumerable.Range(0, Rounds).Select(Message).ToArray();
-        byte[] expected = [.. first, .. second, .. warmUp.SelectMany(m => m), .. measured.SelectMany(m => m)];
-        int[] checkpoints = [first.Length, first.Length + second.Length, first.Length + second.Length + warmUp.Sum(m => m.Length)];
+        // Every connection must receive exactly these bytes, in this order: one broadcast of each form, then for each
+        // form Rounds back to back that warm the pools for as many in flight, and Rounds measured the same way.
+        Phase[] phases =
+        [
+            new("one broadcast to the endpoint", Messages(0, 1), ToEndPoint: true, Measured: false),
+            new("one broadcast to the ids", Messages(1, 1), ToEndPoint: false, Measured: false),
+            new($"{Rounds} warm-up broadcasts to the ids", Messages(2, Rounds), ToEndPoint: false, Measured: false),
+            new($"{Rounds} broadcasts to the ids", Messages(2 + Rounds, Rounds), ToEndPoint: false, Measured: true),
+            new($"{Rounds} warm-up broadcasts to the endpoint", Messages(2 + (2 * Rounds), Rounds), ToEndPoint: true, Measured: false),
+            new($"{Rounds} broadcasts to the endpoint", Messages(2 + (3 * Rounds), Rounds), ToEndPoint: true, Measured: true),
+        ];
+        byte[] expected = [.. phases.SelectMany(p => p.Messages).SelectMany(m => m)];
+        int[] checkpoints = new int[phases.Length - 1];
+        for (int i = 0, offset = 0; i < checkpoints.Length; i++)
+        {
+            offset += phases[i].Messages.Sum(m => m.Length);
+            checkpoints[i] = offset;
+        }
 
         var clock = Stopwatch.StartNew();
         var clients = StartClients(server.Server.IPEndPoint, expected, checkpoints);
@@ -69,48 +79,52 @@ public sealed class BroadcastTests(ITestOutputHelper output)
             Assert.Equal(Count, ids.Distinct().Count());
             output.WriteLine($"{Count} connected and addressable after {clock.ElapsedMilliseconds} ms");
 
-            Assert.Equal(Count, connections.Broadcast(server.Server.EndPoint, first));
-            await WaitForLineAsync(clients, $"reached {checkpoints[0]}");
-            Assert.Equal(Count, connections.Broadcast(ids, second));
-            await WaitForLineAsync(clients, $"reached {checkpoints[1]}");
-            output.WriteLine($"one broadcast of each form delivered after {clock.ElapsedMilliseconds} ms");
-            foreach (byte[] message in warmUp)
-            {
-                Assert.Equal(Count, connections.Broadcast(ids, message));
-            }
-
-            await WaitForLineAsync(clients, $"reached {checkpoints[2]}");
-            output.WriteLine($"{Rounds} warm-up broadcasts delivered after {clock.ElapsedMilliseconds} ms");
-
             // Measured: the caller's thread around the broadcasts alone; the loops' threads and the whole process until
-            // every connection has received them all, so the loops' sends are inside their window.
+            // every connection has received them all, so the loops' sends (and, for the endpoint form, their fan-out to
+            // their connections) are inside their window.
             var loops = server.Server.App.Services.GetRequiredService<EpollTransportFactory>().Group!.Loops;
-            long loopsBefore = await LoopAllocatedBytesAsync(loops);
-            long processBefore = GC.GetTotalAllocatedBytes(precise: true);
-            long threadBefore = GC.GetAllocatedBytesForCurrentThread();
-            foreach (byte[] message in measured)
+            var allocations = new List<(string Phase, double Caller, double Loops)>();
+            string received = "";
+            for (int p = 0; p < phases.Length; p++)
             {
-                Assert.Equal(Count, connections.Broadcast(ids, message));
+                Phase phase = phases[p];
+                int[] reached = new int[phase.Messages.Length];
+                long loopsBefore = phase.Measured ? await LoopAllocatedBytesAsync(loops) : 0;
+                long processBefore = GC.GetTotalAllocatedBytes(precise: true);
+                long threadBefore = GC.GetAllocatedBytesForCurrentThread();
+                for (int m = 0; m < phase.Messages.Length; m++)
+                {
+                    reached[m] = phase.ToEndPoint ? connections.Broadcast(server.Server.EndPoint, phase.Messages[m]) : connections.Broadcast(ids, phase.Messages[m]);
+                }
+
+                long threadAfter = GC.GetAllocatedBytesForCurrentThread();
+                string line = await WaitForLineAsync(clients, p < checkpoints.Length ? $"reached {checkpoints[p]}" : "received ");
+                long processAfter = GC.GetTotalAllocatedBytes(precise: true);
+                long loopsAfter = phase.Measured ? await LoopAllocatedBytesAsync(loops) : 0;
+                output.WriteLine($"{phase.Name} delivered after {clock.ElapsedMilliseconds} ms");
+                Assert.True(reached.All(r => r == Count), $"{phase.Name}: Broadcast returned {string.Join(", ", reached.Distinct())}, not {Count}");
+                received = line;
+                if (phase.Measured)
+                {
+                    int rounds = phase.Messages.Length;
+                    double caller = (threadAfter - threadBefore) / (double)rounds;
+                    double byLoops = (loopsAfter - loopsBefore) / (double)rounds;
+                    double process = (processAfter - processBefore) / (double)rounds;
+                    output.WriteLine($"  per broadcast of {phase.Messages[0].Length} bytes to {Count} connections on {loops.Length} loops: {caller:F0} bytes allocated by the caller, "
+                        + $"{byLoops:F0} by the loops, {process:F0} by the whole process (everything else running included); "
+                        + $"a copy per connection would be {(long)Count * phase.Messages[0].Length} bytes");
+                    allocations.Add((phase.Name, caller, byLoops));
+                }
             }
 
-            long threadAfter = GC.GetAllocatedBytesForCurrentThread();
-            string received = await WaitForLineAsync(clients, "received ");
-            long processAfter = GC.GetTotalAllocatedBytes(precise: true);
-            long loopsAfter = await LoopAllocatedBytesAsync(loops);
-            output.WriteLine($"{Rounds} broadcasts delivered after {clock.ElapsedMilliseconds} ms");
             Assert.True(received == $"received exact={Count} short=0 wrong=0 eof=0 reset=0", $"{received}\n{clients.Tail()}");
 
-            double callerPerBroadcast = (threadAfter - threadBefore) / (double)Rounds;
-            double loopsPerBroadcast = (loopsAfter - loopsBefore) / (double)Rounds;
-            double processPerBroadcast = (processAfter - processBefore) / (double)Rounds;
-            long copyPerConnection = (long)Count * measured[0].Length;
-            output.WriteLine($"per broadcast of {measured[0].Length} bytes to {Count} connections on {loops.Length} loops: {callerPerBroadcast:F0} bytes allocated by the caller, "
-                + $"{loopsPerBroadcast:F0} by the loops, {processPerBroadcast:F0} by the whole process (everything else running included); "
-                + $"a copy per connection would be {copyPerConnection} bytes");
-
             // The copies (one per loop, 64 bytes) come from a pool: once it is warm, neither side allocates per connection.
-            Assert.True(callerPerBroadcast < 1024, $"the caller allocated {callerPerBroadcast:F0} bytes per broadcast");
-            Assert.True(loopsPerBroadcast < 1024, $"the loops allocated {loopsPerBroadcast:F0} bytes per broadcast");
+            foreach (var (phase, caller, byLoops) in allocations)
+            {
+                Assert.True(caller < 1024, $"{phase}: the caller allocated {caller:F0} bytes per broadcast");
+                Assert.True(byLoops < 1024, $"{phase}: the loops allocated {byLoops:F0} bytes per broadcast");
+            }
 
             // Every client half-closes and reads to the end: nothing may follow the broadcasts, and the server closes
             // each connection when its handler ends on the FIN.
@@ -263,6 +277,12 @@ public sealed class BroadcastTests(ITestOutputHelper output)
 
         return total;
     }
+
+    /// <summary>A run of broadcasts of one form (to the endpoint or to the ids), measured for allocation or not.</summary>
+    private sealed record Phase(string Name, byte[][] Messages, bool ToEndPoint, bool Measured);
+
+    /// <summary>Messages <paramref name="first"/> to <paramref name="first"/> + <paramref name="count"/> - 1.</summary>
+    private static byte[][] Messages(int first, int count) => Enumerable.Range(first, count).Select(Message).ToArray();
 
     /// <summary>64 bytes that say which broadcast they are.</summary>
     private static byte[] Message(int round)
