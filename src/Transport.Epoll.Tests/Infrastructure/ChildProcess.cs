@@ -8,7 +8,7 @@ namespace Transport.Epoll.Tests.Infrastructure;
 /// A child process whose stdout and stderr are read line by line: every line is kept, echoed to the test's output
 /// with a prefix, and offered to the waits of <see cref="WaitForLineAsync"/>. Disposing kills the process tree, so
 /// nothing outlives the test. The one place the tests start, watch and end processes (the sample, a packed app, the
-/// dotnet command line).
+/// dotnet command line, the python3 clients of the broadcast test).
 /// </summary>
 public sealed class ChildProcess : IAsyncDisposable
 {
@@ -52,6 +52,16 @@ public sealed class ChildProcess : IAsyncDisposable
         child._process.BeginOutputReadLine();
         child._process.BeginErrorReadLine();
         return child;
+    }
+
+    /// <summary>
+    /// Writes <paramref name="line"/> to the process's stdin and flushes it: for processes the test talks to (the
+    /// caller set <see cref="ProcessStartInfo.RedirectStandardInput"/> before <see cref="Start"/>).
+    /// </summary>
+    public async Task WriteLineAsync(string line)
+    {
+        await _process.StandardInput.WriteLineAsync(line);
+        await _process.StandardInput.FlushAsync();
     }
 
     /// <summary>The last lines the process printed, for failure messages.</summary>

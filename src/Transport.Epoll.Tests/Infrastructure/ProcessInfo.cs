@@ -6,6 +6,9 @@ public static class ProcessInfo
     /// <summary>How many file descriptors the process has open.</summary>
     public static int OpenFdCount() => Directory.GetFiles("/proc/self/fd").Length;
 
+    /// <summary>How many of the process's open fds are sockets (their /proc/self/fd link reads "socket:[inode]").</summary>
+    public static int OpenSocketCount() => OpenFds().Values.Count(target => target.StartsWith("socket:", StringComparison.Ordinal));
+
     /// <summary>Every open fd and what it is.</summary>
     public static Dictionary<int, string> OpenFds()
     {
