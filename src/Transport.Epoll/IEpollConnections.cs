@@ -86,8 +86,11 @@ public interface IEpollConnections
     /// <summary>
     /// Queues <paramref name="message"/> on every addressable connection accepted on <paramref name="endPoint"/> (the
     /// listener's endpoint as bound, see <see cref="EpollConnectionInfo.ListenEndPoint"/>, or the connection's local
-    /// endpoint), except <paramref name="exceptId"/>; copied once per event loop. Full connections are skipped.
+    /// endpoint), except <paramref name="exceptId"/>; copied once per event loop. Each loop queues it on its own
+    /// connections, after everything this thread wrote by id before the call and before anything it writes after;
+    /// a connection whose queue is full by then is skipped (counted in <c>epoll.byid.refused</c>), and so is a loop
+    /// that still has <c>MaxWriteBufferSize</c> bytes of earlier broadcasts to queue.
     /// </summary>
-    /// <returns>How many connections it was queued on.</returns>
+    /// <returns>How many addressable connections of the endpoint it is for (those of a loop that refused it left out).</returns>
     int Broadcast(EndPoint endPoint, ReadOnlySpan<byte> message, ulong exceptId = 0);
 }
