@@ -411,14 +411,28 @@ static int run_fanout(int conns, size_t msg, double seconds)
                     break;
                 }
                 if (i == 0) continue; /* the sender gets nothing back for "say"; ignore whatever comes */
-                for (ssize_t b = 0; b < r; b++) {
-                    if (in[b] != '\n') {
-                        if (x->len < sizeof x->line - 1) x->line[x->len] = in[b];
-                        x->len++;
-                        continue;
+                /* Line by line with memchr/memcmp, not byte by byte: at a million lines a second the client's parsing
+                 * was what bounded the measurement. A line split across reads is put together in x->line. */
+                for (ssize_t b = 0; b < r;) {
+                    const char *nl = memchr(in + b, '\n', (size_t)(r - b));
+                    size_t part = nl ? (size_t)(nl - (in + b)) : (size_t)(r - b);
+                    const char *whole;
+                    size_t len;
+                    if (x->len == 0 && nl) {
+                        whole = in + b;   /* the common case: the whole line is in this read */
+                        len = part;
+                    } else {
+                        size_t room = sizeof x->line - 1 > x->len ? sizeof x->line - 1 - x->len : 0;
+                        memcpy(x->line + x->len, in + b, part < room ? part : room);
+                        x->len += part;
+                        whole = x->line;
+                        len = x->len;
                     }
+                    b += (ssize_t)part;
+                    if (!nl) break;
+                    b++; /* the '\n' */
                     /* A whole line: must be exactly the broadcast, never torn or another's. */
-                    if (x->len != prefix + text_len || memcmp(x->line, expect, x->len) != 0) bad_lines++;
+                    if (len != prefix + text_len || memcmp(whole, expect, len) != 0) bad_lines++;
                     x->len = 0;
                     uint64_t m = x->lines++;
                     delivered++;
