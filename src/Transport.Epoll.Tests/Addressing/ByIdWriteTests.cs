@@ -2,6 +2,7 @@ using System.Buffers;
 using System.Buffers.Binary;
 using System.Net.Sockets;
 using System.Text;
+using Transport.Epoll.Internal;
 using Transport.Epoll.Tests.Infrastructure;
 using Xunit.Abstractions;
 
@@ -323,7 +324,15 @@ public sealed class ByIdWriteTests(ITestOutputHelper output)
             }
             catch (PartialReceiveException e)
             {
-                throw new Xunit.Sdk.XunitException($"{e.Message} {Describe(e.Received, byId, own)}; by id: {(sending.IsCompleted ? sending.Status : "sending")}, handler: {(ownSent.Task.IsCompleted ? ownSent.Task.Status : "sending")}");
+                string send = "connection gone";
+                if (ConnectionTable.Shared.Find(accepted.Id) is EpollConnection stuck)
+                {
+                    var described = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
+                    stuck.Loop.Schedule(_ => described.TrySetResult(stuck.DescribeSendForTest()), null);
+                    send = await described.Task.WaitAsync(TimeSpan.FromSeconds(5));
+                }
+
+                throw new Xunit.Sdk.XunitException($"{e.Message} {Describe(e.Received, byId, own)}; by id: {(sending.IsCompleted ? sending.Status : "sending")}, handler: {(ownSent.Task.IsCompleted ? ownSent.Task.Status : "sending")}; {send}");
             }
 
             Assert.Equal(EpollWriteResult.Written, await sending.WithTimeout());

@@ -37,6 +37,10 @@ internal sealed partial class EpollConnection
         /// <summary>The handler's job that arrived while a file sent by id was going out: it starts when that one ends.</summary>
         private SendFileJob? _afterById;
 
+        /// <summary>Tests only (EpollConnection.DescribeSendForTest).</summary>
+        public string DescribeForTest()
+            => $"after by-id {(_afterById is null ? "none" : "waiting")}, waiting for writable {_waitingForWritable}, worker busy {_workerBusy}, pump scheduled {_pumpScheduled}";
+
         /// <summary>The file range in flight, or null.</summary>
         public SendFileJob? Job { get; private set; }
 
