@@ -165,12 +165,18 @@ def part_concurrent(args, bar: Bar) -> None:
         bar.figure(f"connected {len(socks)} in {t_connect:.1f} s ({failed_connects} failed), all round trips done "
                    f"{t_served:.1f} s after the first connect")
         rss_per = (during["rss_mb"] - base["rss_mb"]) * 2**20 / max(1, len(socks))
-        bar.figure(f"server with {during['active'] - base['active']} connections open: RSS {during['rss_mb']} MB "
+        # Kestrel's Sockets transport (--transport sockets) has no epoll.* counters: count its socket fds instead.
+        counted = "active" if during["active"] is not None else "io_fds"
+        bar.figure(f"server with {during[counted] - base[counted]} connections open: RSS {during['rss_mb']} MB "
                    f"(baseline {base['rss_mb']} MB, +{rss_per / 1024:.1f} KiB per connection), fds {during['fds']}, "
                    f"threads {during['threads']}, GC heap {during['gc_heap_mb']} MB")
         bar.check(served == n and failed_connects == 0 and wrong == 0,
                   f"{served} of {n} served ({pending} not answered, {wrong} wrong answers, {failed_connects} connect failures)")
-        bar.check(during["active"] - base["active"] == len(socks), f"epoll.connections.active {during['active']} = baseline + {len(socks)}")
+        # fds within 2: the /stats request's own connection may still be open in one figure and closed in the other.
+        slack = 0 if counted == "active" else 2
+        bar.check(abs(during[counted] - base[counted] - len(socks)) <= slack,
+                  f"{'epoll.connections.active' if counted == 'active' else 'socket/pipe/epoll fds'} {during[counted]} "
+                  f"= baseline + {len(socks)}")
         t1 = time.monotonic()
         for s in socks:
             s.close()
@@ -294,7 +300,9 @@ def part_emfile(args, bar: Bar, warm: bool = False) -> None:
         bar.figure(f"exhausted after {len(served)} served connections: server fds {f['fds']} of {limit}, "
                    f"{len(waiting)} connections waiting in the backlog")
         log = server.log_text()
-        bar.check("EMFILE" in log, "server logged the EMFILE back-off (event 101)")
+        epoll = args.transport == "epoll"  # the back-off's log entry and counter are the epoll transport's own
+        if epoll:
+            bar.check("EMFILE" in log, "server logged the EMFILE back-off (event 101)")
         # Existing connections keep working.
         ok = 0
         for i, s in enumerate(served):
@@ -327,9 +335,10 @@ def part_emfile(args, bar: Bar, warm: bool = False) -> None:
         bar.check(got == len(waiting), f"{got} of {len(waiting)} connections that waited in the backlog served after fds were freed "
                                        f"({time.monotonic() - t0:.1f} s)")
         still_serves(bar, server)
-        stats = server.stats()
-        bar.figure(f"epoll.accept.backoffs = {stats['counters']['epoll.accept.backoffs']}")
-        bar.check(stats["counters"]["epoll.accept.backoffs"] > 0, "back-offs counted")
+        if epoll:
+            stats = server.stats()
+            bar.figure(f"epoll.accept.backoffs = {stats['counters']['epoll.accept.backoffs']}")
+            bar.check(stats["counters"]["epoll.accept.backoffs"] > 0, "back-offs counted")
         for s in served + waiting:
             s.close()
         served, waiting = [], []
