@@ -40,8 +40,10 @@ public sealed class PortSharingTests(ITestOutputHelper output)
     public async Task Two_servers_that_allow_port_sharing_both_serve_one_port(EpollAcceptDistribution distribution)
     {
         await using var first = await StartEchoAsync(new IPEndPoint(IPAddress.Loopback, 0), distribution, share: true);
+        int firstSockets = ProcessInfo.ListeningSocketInodes(first.IPEndPoint.Port).Count;
         await using var second = await StartEchoAsync(first.IPEndPoint, distribution, share: true);
         Assert.Equal(first.IPEndPoint, second.IPEndPoint);
+        int secondSockets = ProcessInfo.ListeningSocketInodes(first.IPEndPoint.Port).Count - firstSockets;
 
         await AssertEchoesAsync(first.IPEndPoint, 64);
         output.WriteLine($"first took {first.ConnectionCount}, second took {second.ConnectionCount}");
@@ -51,9 +53,20 @@ public sealed class PortSharingTests(ITestOutputHelper output)
         Assert.Equal(64, first.ConnectionCount + second.ConnectionCount);
         Assert.True(first.ConnectionCount > 0 && second.ConnectionCount > 0, "One of the servers took no connection.");
 
-        // The old one stops; the new one keeps the port.
+        // The old one stops; the new one keeps the port. Once StopAsync returns, the old listener has left the port's
+        // SO_REUSEPORT group (a connection the kernel still queued on it would be reset at its close).
         await first.StopAsync();
-        await AssertEchoesAsync(first.IPEndPoint, 16);
+        List<string> listening = ProcessInfo.ListeningSocketInodes(first.IPEndPoint.Port);
+        Assert.True(listening.Count == secondSockets, $"{listening.Count} sockets listen on the port after the first server stopped; the second has {secondSockets}.");
+        try
+        {
+            await AssertEchoesAsync(first.IPEndPoint, 16);
+        }
+        catch (SocketException e)
+        {
+            throw new Xunit.Sdk.XunitException($"After the first server stopped: {e.Message}; sockets listening on the port now: {ProcessInfo.ListeningSocketInodes(first.IPEndPoint.Port).Count}.");
+        }
+
         Assert.Equal(80, first.ConnectionCount + second.ConnectionCount);
     }
 

@@ -1,6 +1,7 @@
+using System.Globalization;
 namespace Transport.Epoll.Tests.Infrastructure;
 
-/// <summary>What /proc says about this process: open fds and thread names.</summary>
+/// <summary>What /proc says about this process: open fds, thread names, and the sockets listening on a port.</summary>
 public static class ProcessInfo
 {
     /// <summary>How many file descriptors the process has open.</summary>
@@ -75,5 +76,21 @@ public static class ProcessInfo
     {
         string text = File.ReadAllText($"/proc/sys/net/ipv4/{name}");
         return long.Parse(text.Split((char[])['\t', ' ', '\n'], StringSplitOptions.RemoveEmptyEntries)[2], System.Globalization.CultureInfo.InvariantCulture);
+    }
+
+    /// <summary>Inodes of the IPv4 sockets listening on <paramref name="port"/> (/proc/net/tcp, state 0A).</summary>
+    public static List<string> ListeningSocketInodes(int port)
+    {
+        var inodes = new List<string>();
+        foreach (string line in File.ReadLines("/proc/net/tcp").Skip(1))
+        {
+            string[] f = line.Split(' ', StringSplitOptions.RemoveEmptyEntries);
+            if (f.Length > 9 && f[3] == "0A" && int.Parse(f[1][(f[1].IndexOf(':', StringComparison.Ordinal) + 1)..], NumberStyles.HexNumber, CultureInfo.InvariantCulture) == port)
+            {
+                inodes.Add(f[9]);
+            }
+        }
+
+        return inodes;
     }
 }

@@ -42,7 +42,7 @@ public sealed class SecurityTests(ITestOutputHelper output)
             // What the server holds open right now: its connections, its listening sockets, its loops' epoll and eventfd.
             var connectionTargets = serverFds.Select(fd => ProcessInfo.DescribeFd(fd)).ToList();
             Assert.All(connectionTargets, t => Assert.StartsWith("socket:[", t));
-            var listenerTargets = ListeningSocketInodes(server.Port).Select(inode => $"socket:[{inode}]").ToList();
+            var listenerTargets = ProcessInfo.ListeningSocketInodes(server.Port).Select(inode => $"socket:[{inode}]").ToList();
             Assert.NotEmpty(listenerTargets);
             var ownTargets = OwnFdTargets();
             Assert.True(ownTargets.Count(t => t == "anon_inode:[eventpoll]") >= 2, "The server's loops have no epoll fd?");
@@ -217,20 +217,4 @@ public sealed class SecurityTests(ITestOutputHelper output)
     /// <summary>What every fd of this process is.</summary>
     private static List<string> OwnFdTargets() =>
         Directory.GetFiles("/proc/self/fd").Select(f => ProcessInfo.DescribeFd(long.Parse(Path.GetFileName(f), CultureInfo.InvariantCulture))).OfType<string>().ToList();
-
-    /// <summary>Inodes of the IPv4 sockets listening on <paramref name="port"/> (/proc/net/tcp, state 0A).</summary>
-    private static List<string> ListeningSocketInodes(int port)
-    {
-        var inodes = new List<string>();
-        foreach (string line in File.ReadLines("/proc/net/tcp").Skip(1))
-        {
-            string[] f = line.Split(' ', StringSplitOptions.RemoveEmptyEntries);
-            if (f.Length > 9 && f[3] == "0A" && int.Parse(f[1][(f[1].IndexOf(':', StringComparison.Ordinal) + 1)..], NumberStyles.HexNumber, CultureInfo.InvariantCulture) == port)
-            {
-                inodes.Add(f[9]);
-            }
-        }
-
-        return inodes;
-    }
 }
