@@ -99,6 +99,20 @@ def connect_all(family, address, count, deadline):
     return connections
 
 
+def readable_chunks(selector, connections, deadline, still_open):
+    """Yields (i, bytes) for each connection that became readable while still_open() and before the deadline:
+    b"" at EOF, None when the peer reset it."""
+    while still_open() and time.monotonic() < deadline:
+        for key, _ in selector.select(timeout=min(1.0, max(0.0, deadline - time.monotonic()))):
+            i = key.data
+            try:
+                yield i, connections[i].recv(65536)
+            except BlockingIOError:
+                continue
+            except ConnectionResetError:
+                yield i, None
+
+
 def main():
     if len(sys.argv) != 7:
         fail(__doc__)
@@ -125,34 +139,27 @@ def main():
     passed = [0] * count
     reached = [0] * len(checkpoints)
     reported = 0
-    while pending > 0 and time.monotonic() < deadline:
-        for key, _ in selector.select(timeout=min(1.0, max(0.0, deadline - time.monotonic()))):
-            i = key.data
-            try:
-                chunk = connections[i].recv(65536)
-            except BlockingIOError:
-                continue
-            except ConnectionResetError:
-                chunk, state[i] = None, "reset"
-            if chunk is not None:
-                if not chunk:
-                    state[i] = "eof"
-                else:
-                    received[i] += chunk
-                    if not expected.startswith(received[i]):
-                        state[i] = "wrong"
-                    elif len(received[i]) == len(expected):
-                        state[i] = "exact"
-            now_passed = len(checkpoints) if state[i] != "pending" else bisect.bisect_right(checkpoints, len(received[i]))
-            for k in range(passed[i], now_passed):
-                reached[k] += 1
-            passed[i] = now_passed
-            while reported < len(checkpoints) and reached[reported] == count:
-                print(f"reached {checkpoints[reported]}", flush=True)
-                reported += 1
-            if state[i] != "pending":
-                selector.unregister(connections[i])
-                pending -= 1
+    for i, chunk in readable_chunks(selector, connections, deadline, lambda: pending > 0):
+        if chunk is None:
+            state[i] = "reset"
+        elif not chunk:
+            state[i] = "eof"
+        else:
+            received[i] += chunk
+            if not expected.startswith(received[i]):
+                state[i] = "wrong"
+            elif len(received[i]) == len(expected):
+                state[i] = "exact"
+        now_passed = len(checkpoints) if state[i] != "pending" else bisect.bisect_right(checkpoints, len(received[i]))
+        for k in range(passed[i], now_passed):
+            reached[k] += 1
+        passed[i] = now_passed
+        while reported < len(checkpoints) and reached[reported] == count:
+            print(f"reached {checkpoints[reported]}", flush=True)
+            reported += 1
+        if state[i] != "pending":
+            selector.unregister(connections[i])
+            pending -= 1
     for i in range(count):
         if state[i] == "pending":
             state[i] = "short"
@@ -181,22 +188,16 @@ def main():
         except OSError:
             ended[i] = "reset"
     open_count = ended.count("open")
-    while open_count > 0 and time.monotonic() < deadline:
-        for key, _ in selector.select(timeout=min(1.0, max(0.0, deadline - time.monotonic()))):
-            i = key.data
-            try:
-                chunk = connections[i].recv(65536)
-            except BlockingIOError:
-                continue
-            except ConnectionResetError:
-                chunk, ended[i] = b"", "reset"
-            if chunk:
-                extra_bytes[i] += len(chunk)
-                continue
-            if ended[i] == "open":
-                ended[i] = "extra" if extra_bytes[i] else "clean"
-            selector.unregister(connections[i])
-            open_count -= 1
+    for i, chunk in readable_chunks(selector, connections, deadline, lambda: open_count > 0):
+        if chunk is None:
+            ended[i] = "reset"
+        elif chunk:
+            extra_bytes[i] += len(chunk)
+            continue
+        if ended[i] == "open":
+            ended[i] = "extra" if extra_bytes[i] else "clean"
+        selector.unregister(connections[i])
+        open_count -= 1
     for i in range(count):
         if ended[i] == "open":
             ended[i] = "timeout"
