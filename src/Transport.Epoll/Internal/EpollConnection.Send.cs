@@ -334,6 +334,19 @@ internal sealed partial class EpollConnection
 
     /// <summary>Wakes a pending output read (its continuation then runs SendOutput with whatever the pipe holds): how
     /// the loop makes the send side look again after a file job or a zero-copy completion changed what it may do.</summary>
+    /// <summary>
+    /// Reads the output again after a stop that left bytes unsent (a partial write, zero-copy bytes at their budget).
+    /// Those bytes were left unexamined, but a pipe's examined position never moves back: when an earlier read had
+    /// examined past them (one that waited behind a file job, then a re-read placed the job), a plain read waits for new
+    /// bytes with these still in the pipe, and whatever waits behind them waits for good (seen: a handler's file behind
+    /// two bytes). A cancelled read returns whatever the pipe holds.
+    /// </summary>
+    private void ReadOutputAfterStop()
+    {
+        _output.Reader.CancelPendingRead();
+        ReadOutput();
+    }
+
     private void RereadOutput()
     {
         if (_outputReadPending)

@@ -219,7 +219,7 @@ internal sealed partial class EpollConnection
             case SendState.AwaitingZeroCopyRoom:
                 // The send side stopped at its budget for held bytes: it goes on from where it stopped.
                 _sendState = SendState.Sending;
-                ReadOutput();
+                ReadOutputAfterStop();
                 break;
             default:
                 // Wake the send side so it releases the completed bytes from the pipe.

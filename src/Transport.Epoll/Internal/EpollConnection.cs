@@ -192,12 +192,7 @@ internal sealed partial class EpollConnection : ConnectionContext, IEpollHandler
         {
             _sendState = SendState.Sending;
             PrepareWritableForById();
-
-            // The unsent rest was left unexamined, so the read should return it at once; after a cancelled read result
-            // (a re-read that placed a file job) was partly sent, the read was seen to stay pending instead, with the
-            // rest unsent and the file waiting behind it for good. A cancelled read returns whatever the pipe holds.
-            _output.Reader.CancelPendingRead();
-            ReadOutput();
+            ReadOutputAfterStop();
         }
     }
 }
