@@ -245,15 +245,7 @@ internal sealed partial class EpollConnection
                 return EpollWriteResult.Gone;
             }
 
-            using CancellationTokenRegistration registration = cancellationToken.UnsafeRegister(static (state, token) =>
-            {
-                var (connection, job) = ((EpollConnection, SendFileJob))state!;
-                connection.Loop.Schedule(static s =>
-                {
-                    var (c, j, t) = ((EpollConnection, SendFileJob, CancellationToken))s!;
-                    c._files?.Cancel(j, t);
-                }, (connection, job, token));
-            }, (this, job));
+            using CancellationTokenRegistration registration = RegisterFileJobCancellation(job, cancellationToken);
 
             SendFileOutcome outcome;
             try

@@ -104,15 +104,7 @@ internal sealed partial class EpollConnection
             job.FileFd = (int)job.File.DangerousGetHandle();
             Loop.Schedule(s_startFileJob, (this, job));
             scheduled = true;
-            using CancellationTokenRegistration registration = cancellationToken.UnsafeRegister(static (state, token) =>
-            {
-                var (connection, job) = ((EpollConnection, SendFileJob))state!;
-                connection.Loop.Schedule(static s =>
-                {
-                    var (c, j, t) = ((EpollConnection, SendFileJob, CancellationToken))s!;
-                    c._files?.Cancel(j, t);
-                }, (connection, job, token));
-            }, (this, job));
+            using CancellationTokenRegistration registration = RegisterFileJobCancellation(job, cancellationToken);
             return await job.Completion.Task.ConfigureAwait(false);
         }
         finally
@@ -129,6 +121,19 @@ internal sealed partial class EpollConnection
             }
         }
     }
+
+    /// <summary>A cancellation of <paramref name="token"/> ends <paramref name="job"/> on the loop (untouched, or by an abort once part
+    /// of it went out: FileSender.Cancel).</summary>
+    private CancellationTokenRegistration RegisterFileJobCancellation(SendFileJob job, CancellationToken token)
+        => token.UnsafeRegister(static (state, token) =>
+        {
+            var (connection, job) = ((EpollConnection, SendFileJob))state!;
+            connection.Loop.Schedule(static s =>
+            {
+                var (c, j, t) = ((EpollConnection, SendFileJob, CancellationToken))s!;
+                c._files?.Cancel(j, t);
+            }, (connection, job, token));
+        }, (this, job));
 
     /// <summary>The announced file will not come (its flush failed): messages by id held back for it may go.</summary>
     private void WithdrawFileAnnouncement()
