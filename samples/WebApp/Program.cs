@@ -154,8 +154,6 @@ app.Use(next => Draining.CloseWhenStopping(next, app.Lifetime.ApplicationStoppin
 // Files (GET /files/{name}) go out with sendfile(2) on the epoll transport; a no-op on Sockets.
 app.UseEpollSendFile();
 
-app.UseWebSockets();
-
 app.MapGet("/", (Func<HttpContext, string>)SampleEndpoints.Landing);
 app.MapGet("/plaintext", new RequestDelegate(SampleEndpoints.Plaintext));
 app.MapGet("/json", new RequestDelegate(SampleEndpoints.Json));
@@ -165,7 +163,13 @@ app.MapGet("/connection", (Func<HttpContext, Task<string>>)SampleEndpoints.Conne
 app.MapGet("/slow", new RequestDelegate(SampleEndpoints.Slow));
 app.MapGet("/stats", new RequestDelegate(stats.WriteAsync));
 app.MapGet("/ready", () => SampleEndpoints.Ready(app.Lifetime.ApplicationStopping));
-app.Map("/ws", new RequestDelegate(SampleWebSockets.Echo));
+// The WebSocket middleware only on /ws: anywhere else it would look up the upgrade features and add a handshake
+// feature to every request, which the sample's hot endpoints (/plaintext, /json) do not need.
+app.Map(new PathString("/ws"), static ws =>
+{
+    ws.UseWebSockets();
+    ws.Run(SampleWebSockets.Echo);
+});
 
 app.Lifetime.ApplicationStarted.Register(() =>
 {

@@ -27,7 +27,7 @@ public static class EpollSendFileApplicationBuilderExtensions
                 return next(context);
             }
 
-            context.Features.Set<IHttpResponseBodyFeature>(new EpollResponseBodyFeature(context, inner, connection));
+            context.Features.Set<IHttpResponseBodyFeature>(EpollResponseBodyFeature.For(context, inner, connection));
             return next(context);
         });
     }

@@ -13,7 +13,7 @@ namespace Transport.Epoll.Http;
 /// the connection when they differ), so the file is accounted for with placeholder bytes: zeroed pipe memory advanced
 /// through Kestrel's writer, which the transport skips at their place in the stream while it sends the file itself.
 /// </summary>
-internal sealed class EpollResponseBodyFeature(HttpContext context, IHttpResponseBodyFeature inner, EpollConnection connection) : IHttpResponseBodyFeature
+internal sealed class EpollResponseBodyFeature : IHttpResponseBodyFeature
 {
     /// <summary>
     /// Placeholder bytes written between two flushes. Each write is one pool block (GetMemory without a size hint): a
@@ -26,49 +26,77 @@ internal sealed class EpollResponseBodyFeature(HttpContext context, IHttpRespons
     /// </summary>
     private const int PlaceholderBytesPerFlush = 128 * 1024;
 
-    public IHttpResponseBodyFeature Inner => inner;
+    private readonly HttpContext _context;
+    private readonly IHttpResponseBodyFeature _inner;
+    private readonly EpollConnection _connection;
 
-    public Stream Stream => inner.Stream;
+    private EpollResponseBodyFeature(HttpContext context, IHttpResponseBodyFeature inner, EpollConnection connection)
+    {
+        _context = context;
+        _inner = inner;
+        _connection = connection;
+    }
 
-    public PipeWriter Writer => inner.Writer;
+    /// <summary>
+    /// The feature for this request. An HTTP/1.x connection keeps one HttpContext and one Kestrel body feature for all
+    /// its requests, one after another, and this feature holds nothing else: the connection's last one is reused
+    /// instead of allocating one per request. HTTP/2 streams differ in both and get their own.
+    /// </summary>
+    public static EpollResponseBodyFeature For(HttpContext context, IHttpResponseBodyFeature inner, EpollConnection connection)
+    {
+        if (connection.LastResponseBodyFeature is { } last && ReferenceEquals(last._context, context) && ReferenceEquals(last._inner, inner))
+        {
+            return last;
+        }
 
-    public void DisableBuffering() => inner.DisableBuffering();
+        var feature = new EpollResponseBodyFeature(context, inner, connection);
+        connection.LastResponseBodyFeature = feature;
+        return feature;
+    }
 
-    public Task StartAsync(CancellationToken cancellationToken = default) => inner.StartAsync(cancellationToken);
+    public IHttpResponseBodyFeature Inner => _inner;
 
-    public Task CompleteAsync() => inner.CompleteAsync();
+    public Stream Stream => _inner.Stream;
+
+    public PipeWriter Writer => _inner.Writer;
+
+    public void DisableBuffering() => _inner.DisableBuffering();
+
+    public Task StartAsync(CancellationToken cancellationToken = default) => _inner.StartAsync(cancellationToken);
+
+    public Task CompleteAsync() => _inner.CompleteAsync();
 
     public async Task SendFileAsync(string path, long offset, long? count, CancellationToken cancellationToken = default)
     {
         if (!CanBypassKestrel())
         {
-            await inner.SendFileAsync(path, offset, count, cancellationToken).ConfigureAwait(false);
+            await _inner.SendFileAsync(path, offset, count, cancellationToken).ConfigureAwait(false);
             return;
         }
 
         using SafeFileHandle file = File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
         long size = SendFileFeatureExtensions.RangeSize(file, offset, count);
 
-        HttpResponse response = context.Response;
+        HttpResponse response = _context.Response;
         if (!EpollConnection.IsRegularFile(file) || !CanFrameWithContentLength(response, size))
         {
-            await inner.SendFileAsync(path, offset, count, cancellationToken).ConfigureAwait(false);
+            await _inner.SendFileAsync(path, offset, count, cancellationToken).ConfigureAwait(false);
             return;
         }
 
         cancellationToken.ThrowIfCancellationRequested();
-        await inner.StartAsync(cancellationToken).ConfigureAwait(false);
+        await _inner.StartAsync(cancellationToken).ConfigureAwait(false);
         if (size == 0)
         {
             return;
         }
 
         // The headers (and any body written before) go into the transport's pipe ahead of the file.
-        PipeWriter writer = inner.Writer;
+        PipeWriter writer = _inner.Writer;
         await writer.FlushAsync(cancellationToken).ConfigureAwait(false);
 
         var job = new SendFileJob(file, offset, size, placeholders: size);
-        Task<SendFileOutcome> sending = connection.RunFileJobAsync(job, cancellationToken);
+        Task<SendFileOutcome> sending = _connection.RunFileJobAsync(job, cancellationToken);
 
         // Placeholders only once the kernel took the file: if it refuses it (EINVAL), the job ends with nothing
         // sent or skipped and Kestrel copies the file as it would have.
@@ -87,7 +115,7 @@ internal sealed class EpollResponseBodyFeature(HttpContext context, IHttpRespons
         if (accepted == SendFileOutcome.NotSupported)
         {
             await sending.ConfigureAwait(false);
-            await inner.SendFileAsync(path, offset, count, cancellationToken).ConfigureAwait(false);
+            await _inner.SendFileAsync(path, offset, count, cancellationToken).ConfigureAwait(false);
             return;
         }
 
@@ -100,7 +128,7 @@ internal sealed class EpollResponseBodyFeature(HttpContext context, IHttpRespons
             // Kestrel refused a placeholder (more bytes than the Content-Length, the request aborted): the job would
             // wait for the rest forever, and the file must not be disposed while the loop still sends from it. End
             // the job (part of the body is out: the connection is aborted) and wait for the loop to let go of it.
-            connection.CancelFileJob(job);
+            _connection.CancelFileJob(job);
             try
             {
                 await sending.ConfigureAwait(false);
@@ -123,13 +151,13 @@ internal sealed class EpollResponseBodyFeature(HttpContext context, IHttpRespons
     /// </summary>
     private bool CanBypassKestrel()
     {
-        HttpRequest request = context.Request;
-        return connection.IsSendFileAvailable
+        HttpRequest request = _context.Request;
+        return _connection.IsSendFileAvailable
             && !HttpMethods.IsHead(request.Method)
             && (HttpProtocol.IsHttp11(request.Protocol) || HttpProtocol.IsHttp10(request.Protocol))
             && !request.IsHttps
-            && context.Features.Get<ITlsHandshakeFeature>() is null
-            && ReferenceEquals(inner, context.Features.Get<IHttpRequestFeature>());
+            && _context.Features.Get<ITlsHandshakeFeature>() is null
+            && ReferenceEquals(_inner, _context.Features.Get<IHttpRequestFeature>());
     }
 
     /// <summary>Placeholders need Content-Length framing (with chunked framing Kestrel would wrap them in chunk headers).</summary>

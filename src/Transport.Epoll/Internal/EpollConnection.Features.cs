@@ -24,6 +24,7 @@ internal sealed partial class EpollConnection :
 {
     private List<KeyValuePair<Type, object>>? _extraFeatures;
     private int _featureRevision;
+    private bool _ownFeatureReplaced;
 
     bool IFeatureCollection.IsReadOnly => false;
 
@@ -57,6 +58,7 @@ internal sealed partial class EpollConnection :
         {
             ArgumentNullException.ThrowIfNull(key);
             _featureRevision++;
+            _ownFeatureReplaced |= IsOwnFeature(key);
             // Kestrel adds up to four features to a connection: room for four, not more (idle connections count).
             _extraFeatures ??= new List<KeyValuePair<Type, object>>(4);
             for (int i = 0; i < _extraFeatures.Count; i++)
@@ -84,7 +86,18 @@ internal sealed partial class EpollConnection :
     }
 
     TFeature? IFeatureCollection.Get<TFeature>() where TFeature : default
-        => (TFeature?)((IFeatureCollection)this)[typeof(TFeature)];
+    {
+        // Kestrel asks the connection for every feature its request doesn't know, and UseEpollSendFile asks for
+        // IConnectionSendFileFeature on each request: the transport's own answer first, in a few reference compares,
+        // unless one of them was replaced.
+        Type key = typeof(TFeature);
+        if (!_ownFeatureReplaced && IsOwnFeature(key))
+        {
+            return (TFeature)(object)this;
+        }
+
+        return (TFeature?)((IFeatureCollection)this)[key];
+    }
 
     void IFeatureCollection.Set<TFeature>(TFeature? instance) where TFeature : default
         => ((IFeatureCollection)this)[typeof(TFeature)] = instance;
@@ -127,7 +140,16 @@ internal sealed partial class EpollConnection :
         typeof(IConnectionSendFileFeature),
     ];
 
-    private static bool IsOwnFeature(Type type) => Array.IndexOf(s_ownFeatures, type) >= 0;
+    // Type equality is a reference compare for runtime types; the list is s_ownFeatures.
+    private static bool IsOwnFeature(Type type)
+        => type == typeof(IConnectionSendFileFeature)
+        || type == typeof(IConnectionIdFeature)
+        || type == typeof(IConnectionTransportFeature)
+        || type == typeof(IConnectionItemsFeature)
+        || type == typeof(IMemoryPoolFeature)
+        || type == typeof(IConnectionLifetimeFeature)
+        || type == typeof(IConnectionEndPointFeature)
+        || type == typeof(IEpollConnectionFeature);
 
     void IConnectionLifetimeFeature.Abort() => Abort();
 

@@ -41,6 +41,11 @@ internal sealed partial class EpollConnection
     /// <summary>The loop's side of SendFileAsync, made at the first job (most connections never send a file).</summary>
     private FileSender? _files;
 
+    /// <summary>UseEpollSendFile's response body feature of the last request, reused by the next request of an
+    /// HTTP/1.x connection (EpollResponseBodyFeature.For). HTTP/2 streams may race on it: a lost write costs an
+    /// allocation, never a wrong feature, as the feature is matched by its context and Kestrel's feature.</summary>
+    internal Http.EpollResponseBodyFeature? LastResponseBodyFeature { get; set; }
+
     public bool IsSendFileAvailable => _context.Options.EnableSendFile && ReferenceEquals(Transport, OriginalTransport) && FileDescriptor >= 0;
 
     public Task SendFileAsync(SafeFileHandle file, long offset, long count, CancellationToken cancellationToken = default)
