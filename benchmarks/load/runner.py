@@ -25,6 +25,8 @@ from harness.sample import ServerFailure  # noqa: E402
 
 # Session warm-up of the servers without a JIT (nginx, the sample's Native AOT build): connections and pools only.
 AOT_SESSION_WARMUP_S = 3
+# The plaintext part of a .NET server's session warm-up runs as wrk runs of about this many seconds (session_warmup_plan).
+PLAINTEXT_WARMUP_RUN_S = 5
 
 class Runner:
     def __init__(self, args, loads, variants, workdir: Path, log, started: float):
@@ -216,8 +218,12 @@ class Runner:
         both throughput and p99 measure the JIT: epoll-inline at 64 connections did 31k, 58k, 56k, 70k, 78k, 80k req/s
         in consecutive 10 s windows after start, p99 118, 3.4, 3.9, 1.7, 1.4, 1.1 ms; Sockets 30k to 53k, p99 28 to
         1.9 ms. So most of it is plaintext, then a few seconds of each other code path the run measures, so the
-        tiering of those paths is done too. nginx, and the sample's Native AOT build (compiled ahead of time: no tiering
-        to wait for), need only their connections and pools warm: a few seconds of plaintext."""
+        tiering of those paths is done too. The plaintext part is several wrk runs of about 5 s, not one: each sample
+        opens 64 new connections and closes them, and with one long run the code that accepts, sets up and closes a
+        connection was still being compiled during the measured windows (DOTNET_JitDisasmSummary, epoll-inline after
+        40 s of one run: 525 and 428 methods compiled in two following 10 s windows, p99 2.45 and 3.14 ms; after 8 runs
+        of 5 s: 46 and 0, p99 1.71 and 1.42 ms). nginx, and the sample's Native AOT build (compiled ahead of time: no
+        tiering to wait for), need only their connections and pools warm: a few seconds of plaintext."""
         total = self.args.session_warmup
         if total <= 0:
             return []
@@ -232,7 +238,10 @@ class Runner:
             if key != "/plaintext" and key not in {self.warm_key(o) for o in others}:
                 others.append(load)
         each = min(4, total // (len(others) + 2)) if others else 0
-        return [(LOADS_BY_NAME["plaintext64"], total - each * len(others))] + [(o, each) for o in others if each > 0]
+        plaintext = total - each * len(others)
+        runs = max(1, plaintext // PLAINTEXT_WARMUP_RUN_S)
+        chunks = [plaintext // runs + (1 if i < plaintext % runs else 0) for i in range(runs)]
+        return [(LOADS_BY_NAME["plaintext64"], c) for c in chunks] + [(o, each) for o in others if each > 0]
 
     def wants_warmup(self, load: Load, warmed: set) -> bool:
         # Full runs warm up before every sample (the server sat idle while the other variants were measured).
