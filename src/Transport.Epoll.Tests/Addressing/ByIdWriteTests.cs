@@ -196,6 +196,15 @@ public sealed class ByIdWriteTests(ITestOutputHelper output)
         output.WriteLine($"{written} messages of {MessageSize} bytes written, {full.QueuedBytes} queued at Full");
         Assert.InRange(full.QueuedBytes, (Limit / 2) + 1, Limit + MessageSize);
 
+        // Refused alike by a write and by a broadcast by ids, and both counted in epoll.byid.refused.
+        var refused = await TransportMetrics.CollectAsync(server.Server, () =>
+        {
+            Assert.Equal(EpollWriteResult.Full, connections.Write(accepted.Id, Numbered(-1, MessageSize)));
+            Assert.Equal(0, connections.Broadcast([accepted.Id], Numbered(-1, MessageSize)));
+            return Task.CompletedTask;
+        });
+        Assert.Equal(2, refused.GetValueOrDefault("epoll.byid.refused"));
+
         // A cancelled wait queues nothing.
         using (var cts = new CancellationTokenSource())
         {

@@ -82,18 +82,34 @@ internal sealed partial class EpollConnection
         }
     }
 
-    public EpollWriteResult WriteById(ReadOnlySpan<byte> message)
+    /// <summary>The by-id queue when it takes <paramref name="length"/> more bytes; else null, with why: Gone (no queue,
+    /// or it refuses writes) or Full (at MaxWriteBufferSize, counted in <c>epoll.byid.refused</c>, whichever way the
+    /// message came: a write, a broadcast by ids, a broadcast's fan-out).</summary>
+    private ByIdQueue? QueueTaking(long length, out EpollWriteResult refused)
     {
         ByIdQueue? queue = ById;
         if (queue is null || queue.RefusesWrites)
         {
-            return EpollWriteResult.Gone;
+            refused = EpollWriteResult.Gone;
+            return null;
         }
 
-        if (queue.IsFull(message.Length, _context.MaxWriteBufferSize))
+        if (queue.IsFull(length, _context.MaxWriteBufferSize))
         {
             _context.Metrics.ByIdFull();
-            return EpollWriteResult.Full;
+            refused = EpollWriteResult.Full;
+            return null;
+        }
+
+        refused = EpollWriteResult.Written;
+        return queue;
+    }
+
+    public EpollWriteResult WriteById(ReadOnlySpan<byte> message)
+    {
+        if (QueueTaking(message.Length, out EpollWriteResult refused) is not { } queue)
+        {
+            return refused;
         }
 
         if (message.IsEmpty)
@@ -107,8 +123,7 @@ internal sealed partial class EpollConnection
     /// <summary>Any thread: queues one reference of a broadcast's shared message; false when gone or full.</summary>
     public bool EnqueueShared(ByIdMessage message)
     {
-        ByIdQueue? queue = ById;
-        if (queue is null || queue.RefusesWrites || queue.IsFull(message.Length, _context.MaxWriteBufferSize))
+        if (QueueTaking(message.Length, out _) is not { } queue)
         {
             return false;
         }
@@ -122,15 +137,8 @@ internal sealed partial class EpollConnection
     /// (queued, or released by a queue that closed meanwhile).</summary>
     public bool EnqueueSharedOnLoop(ByIdMessage message)
     {
-        ByIdQueue? queue = ById;
-        if (queue is null || queue.RefusesWrites)
+        if (QueueTaking(message.Length, out _) is not { } queue)
         {
-            return false;
-        }
-
-        if (queue.IsFull(message.Length, _context.MaxWriteBufferSize))
-        {
-            _context.Metrics.ByIdFull();
             return false;
         }
 
