@@ -1,5 +1,6 @@
 using System.Buffers;
 using System.Globalization;
+using System.Net.Sockets;
 using System.Text;
 using Microsoft.Extensions.Options;
 using Transport.Epoll.Tests.Infrastructure;
@@ -139,6 +140,45 @@ public sealed class SpinBeforeWaitTests(ITestOutputHelper output)
         // in the turn that read the request). Allow one for a stray short wait.
         Assert.True(spins <= 1, $"{spins} spins for {Requests} sparse exchanges");
         Assert.True(cpu < TimeSpan.FromMilliseconds(Requests * 2), $"the loop used {cpu.TotalMilliseconds:0.#} ms for {Requests} sparse exchanges");
+    }
+
+    [Fact]
+    public async Task A_loop_with_more_than_eight_connections_does_not_spin()
+    {
+        await using var server = await StartEchoWithThreadId(LongestSpin);
+        using var socket = await Client.ConnectAsync(server.EndPoint);
+        await Exchange(socket, "ping");
+
+        // Nine connections on the one loop: back-to-back exchanges on one of them are what makes a loop spin (above).
+        var others = new List<Socket>();
+        try
+        {
+            for (int i = 0; i < 8; i++)
+            {
+                Socket other = await Client.ConnectAsync(server.EndPoint);
+                others.Add(other);
+                await Exchange(other, "ping");
+            }
+
+            var before = await TransportMetrics.CollectAsync(server);
+            for (int i = 0; i < 1000; i++)
+            {
+                await Exchange(socket, "ping");
+            }
+
+            var after = await TransportMetrics.CollectAsync(server);
+            long spins = after.GetValueOrDefault("epoll.loop.spins.found") + after.GetValueOrDefault("epoll.loop.spins.expired")
+                - before.GetValueOrDefault("epoll.loop.spins.found") - before.GetValueOrDefault("epoll.loop.spins.expired");
+            output.WriteLine($"1000 back-to-back exchanges with 9 connections open: {spins} spins");
+            Assert.Equal(0, spins);
+        }
+        finally
+        {
+            foreach (Socket other in others)
+            {
+                other.Dispose();
+            }
+        }
     }
 
     /// <summary>Whether the thread <paramref name="tid"/> of this process sleeps in the kernel (state S in
