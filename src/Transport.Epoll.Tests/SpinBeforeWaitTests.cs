@@ -143,7 +143,7 @@ public sealed class SpinBeforeWaitTests(ITestOutputHelper output)
     }
 
     [Fact]
-    public async Task A_loop_with_more_than_eight_connections_does_not_spin()
+    public async Task A_loop_with_more_than_eight_connections_does_not_spin_when_no_other_thread_hands_it_work()
     {
         await using var server = await StartEchoWithThreadId(LongestSpin);
         using var socket = await Client.ConnectAsync(server.EndPoint);
@@ -181,6 +181,47 @@ public sealed class SpinBeforeWaitTests(ITestOutputHelper output)
         }
     }
 
+    [Fact]
+    public async Task A_loop_with_more_than_eight_connections_still_spins_for_the_thread_pools_flushes()
+    {
+        // The default scheduling: the handler runs on the thread pool, and each of its flushes is work for the loop.
+        await using var server = await StartEchoWithThreadId(LongestSpin, inline: false);
+        var sockets = new List<Socket>();
+        try
+        {
+            for (int i = 0; i < 9; i++)
+            {
+                Socket socket = await Client.ConnectAsync(server.EndPoint);
+                sockets.Add(socket);
+                await Exchange(socket, "ping");
+            }
+
+            // Batches until the spin caught 20, for at most 10 s (a busy machine can turn spinning off for a while).
+            var stopwatch = System.Diagnostics.Stopwatch.StartNew();
+            long found;
+            do
+            {
+                for (int i = 0; i < 200; i++)
+                {
+                    await Exchange(sockets[0], "ping");
+                }
+
+                found = (await TransportMetrics.CollectAsync(server)).GetValueOrDefault("epoll.loop.spins.found");
+            }
+            while (found <= 20 && stopwatch.Elapsed < TimeSpan.FromSeconds(10));
+
+            output.WriteLine($"9 connections, default scheduling: {found} spins found work in {stopwatch.ElapsedMilliseconds} ms");
+            Assert.True(found > 20, $"only {found} spins found work");
+        }
+        finally
+        {
+            foreach (Socket socket in sockets)
+            {
+                socket.Dispose();
+            }
+        }
+    }
+
     /// <summary>Whether the thread <paramref name="tid"/> of this process sleeps in the kernel (state S in
     /// /proc/self/task/TID/stat, proc(5)): for a loop thread, blocked in epoll_wait, its spin over.</summary>
     private static bool IsBlocked(int tid)
@@ -190,14 +231,14 @@ public sealed class SpinBeforeWaitTests(ITestOutputHelper output)
     }
 
     /// <summary>A raw echo server, inline on its one loop, that answers "tid" with the OS id of the thread it runs on.</summary>
-    private Task<TestServer> StartEchoWithThreadId(TimeSpan spin) => TestServer.StartAsync(new TestServerOptions
+    private Task<TestServer> StartEchoWithThreadId(TimeSpan spin, bool inline = true) => TestServer.StartAsync(new TestServerOptions
     {
         Transport = Transports.Epoll,
         Output = output,
         Epoll = o =>
         {
             o.ThreadCount = 1;
-            o.UnsafePreferInlineScheduling = true;
+            o.UnsafePreferInlineScheduling = inline;
             o.SpinBeforeWait = spin;
         },
         ConnectionHandler = async connection =>

@@ -35,8 +35,9 @@ public sealed class EpollTransportOptions
     /// interrupt and the scheduler, and on a virtual machine an idle CPU must first be resumed by the hypervisor: tens of
     /// microseconds per request at one connection, which the spin saves. The spin adapts: a loop spins only when its
     /// previous wait ended within the window, and stops after one spin that found nothing, so an idle loop, or one
-    /// whose requests come further apart, does not spin and uses no CPU. A loop with more than 8 connections does not
-    /// spin: their requests share its wake-ups, and spinning between them would only turn idle time into polling.
+    /// whose requests come further apart, does not spin and uses no CPU. A loop with more than 8 connections spins only
+    /// while other threads hand it work (the thread pool's flushes): their requests share its wake-ups, and spinning
+    /// between them would only turn idle time into polling.
     /// </summary>
     /// <remarks>Defaults to 50 microseconds (measured: benchmarks/README.md). Allowed: <see cref="TimeSpan.Zero"/> (off)
     /// to 1 ms.</remarks>

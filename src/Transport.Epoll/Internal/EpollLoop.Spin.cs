@@ -26,14 +26,20 @@ internal sealed unsafe partial class EpollLoop
     private const long SpinBackOffMs = 100;
 
     /// <summary>
-    /// A loop with more connections than this does not spin. The spin saves the wake-up of a sleeping core on the path
-    /// of each request, which is what one connection's ping-pong waits on; with many connections the requests that
-    /// arrive while the loop wakes are served in the same turn, so the wake-up is shared, and a loop that spins
-    /// between them only turns idle time into polling: at 64 connections with the load generator the limit (wrk made
-    /// slower per response), 12.9-13.8 µs of server CPU per request with the spin against 10.5 without, for the same
-    /// requests per second and p99 (benchmarks/README.md).
+    /// A loop with more connections than this spins only while other threads hand it work. The spin saves the wake-up
+    /// of a sleeping core on the path of each request, which is what one connection's ping-pong waits on; with many
+    /// connections the requests that arrive while the loop wakes are served in the same turn, so the wake-up is shared,
+    /// and a loop that spins between them only turns idle time into polling: at 64 connections, inline, with the load
+    /// generator the limit (wrk made slower per response), 12.9-13.8 µs of server CPU per request with the spin against
+    /// 10.5 without, for the same requests per second and p99 (benchmarks/README.md). Work from other threads is
+    /// different: the thread pool's flushes (the default scheduling, HTTP/2 streams) each need an eventfd write and a
+    /// wake-up unless the loop is spinning (plaintext at 16 connections, default scheduling: 12.8 µs per request with
+    /// the spin, 26.5 without it).
     /// </summary>
     private const int SpinMaxConnections = 8;
+
+    /// <summary>Set by <see cref="Schedule"/> when called from another thread; cleared at each wait.</summary>
+    private bool _workFromOtherThreads;
 
     /// <summary>A yield that took this long gave the core to another process for a time slice; shorter ones are a
     /// kernel thread's or the runtime's brief work (Stopwatch ticks of 1 ms).</summary>
@@ -57,7 +63,9 @@ internal sealed unsafe partial class EpollLoop
         }
 
         long start = 0;
-        if (_spinTicks != 0 && timeout != 0 && ConnectionCount <= SpinMaxConnections)
+        bool workFromOtherThreads = _workFromOtherThreads;
+        _workFromOtherThreads = false;
+        if (_spinTicks != 0 && timeout != 0 && (ConnectionCount <= SpinMaxConnections || workFromOtherThreads))
         {
             start = Stopwatch.GetTimestamp();
             if (_spinHot && Now >= _spinBackOffUntil && Spin(events, start, out int found))

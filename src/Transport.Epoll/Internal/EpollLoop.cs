@@ -169,6 +169,12 @@ internal sealed unsafe partial class EpollLoop : PipeScheduler, IDisposable
         _work.Enqueue(new Work(action, state));
         if (t_current != this)
         {
+            if (!_workFromOtherThreads)
+            {
+                // Read before written: while it is set, the threads that schedule don't all write the loop's cache line.
+                _workFromOtherThreads = true;
+            }
+
             // The enqueue above is an interlocked operation (a full fence), and the loop sets _terminated with one
             // before its last look at the queue: either it sees this work, or this thread sees the flag.
             if (Volatile.Read(ref _terminated) != 0)
