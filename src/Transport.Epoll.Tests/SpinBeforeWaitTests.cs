@@ -160,6 +160,13 @@ public sealed class SpinBeforeWaitTests(ITestOutputHelper output)
                 await Exchange(other, "ping");
             }
 
+            // Kestrel starts each connection on the thread pool, which hands the loop work: the loop may spin for the
+            // next 64 turns. Past those, only back-to-back exchanges on the loop itself.
+            for (int i = 0; i < 100; i++)
+            {
+                await Exchange(socket, "ping");
+            }
+
             var before = await TransportMetrics.CollectAsync(server);
             for (int i = 0; i < 1000; i++)
             {
@@ -170,7 +177,10 @@ public sealed class SpinBeforeWaitTests(ITestOutputHelper output)
             long spins = after.GetValueOrDefault("epoll.loop.spins.found") + after.GetValueOrDefault("epoll.loop.spins.expired")
                 - before.GetValueOrDefault("epoll.loop.spins.found") - before.GetValueOrDefault("epoll.loop.spins.expired");
             output.WriteLine($"1000 back-to-back exchanges with 9 connections open: {spins} spins");
-            Assert.Equal(0, spins);
+
+            // Without the limit most of them spin (594 of 1000 here; 0 with it); each stray piece of work from another
+            // thread would allow a window of 64 turns: room for a few.
+            Assert.True(spins < 200, $"{spins} spins in 1000 exchanges on a loop with 9 connections");
         }
         finally
         {
