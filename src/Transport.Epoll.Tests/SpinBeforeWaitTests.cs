@@ -184,10 +184,7 @@ public sealed class SpinBeforeWaitTests(ITestOutputHelper output)
         }
         finally
         {
-            foreach (Socket other in others)
-            {
-                other.Dispose();
-            }
+            DisposeAll(others);
         }
     }
 
@@ -225,10 +222,15 @@ public sealed class SpinBeforeWaitTests(ITestOutputHelper output)
         }
         finally
         {
-            foreach (Socket socket in sockets)
-            {
-                socket.Dispose();
-            }
+            DisposeAll(sockets);
+        }
+    }
+
+    private static void DisposeAll(List<Socket> sockets)
+    {
+        foreach (Socket socket in sockets)
+        {
+            socket.Dispose();
         }
     }
 

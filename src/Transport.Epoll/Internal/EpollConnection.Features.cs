@@ -128,8 +128,10 @@ internal sealed partial class EpollConnection :
 
     IEnumerator IEnumerable.GetEnumerator() => ((IEnumerable<KeyValuePair<Type, object>>)this).GetEnumerator();
 
+    // IConnectionSendFileFeature first: UseEpollSendFile asks for it on every request.
     private static readonly Type[] s_ownFeatures =
     [
+        typeof(IConnectionSendFileFeature),
         typeof(IConnectionIdFeature),
         typeof(IConnectionTransportFeature),
         typeof(IConnectionItemsFeature),
@@ -137,19 +139,21 @@ internal sealed partial class EpollConnection :
         typeof(IConnectionLifetimeFeature),
         typeof(IConnectionEndPointFeature),
         typeof(IEpollConnectionFeature),
-        typeof(IConnectionSendFileFeature),
     ];
 
-    // Type equality is a reference compare for runtime types; the list is s_ownFeatures.
     private static bool IsOwnFeature(Type type)
-        => type == typeof(IConnectionSendFileFeature)
-        || type == typeof(IConnectionIdFeature)
-        || type == typeof(IConnectionTransportFeature)
-        || type == typeof(IConnectionItemsFeature)
-        || type == typeof(IMemoryPoolFeature)
-        || type == typeof(IConnectionLifetimeFeature)
-        || type == typeof(IConnectionEndPointFeature)
-        || type == typeof(IEpollConnectionFeature);
+    {
+        // == on runtime types is a reference compare (Array.IndexOf went through EqualityComparer<Type>).
+        foreach (Type own in s_ownFeatures)
+        {
+            if (own == type)
+            {
+                return true;
+            }
+        }
+
+        return false;
+    }
 
     void IConnectionLifetimeFeature.Abort() => Abort();
 
