@@ -13,7 +13,7 @@ internal static unsafe partial class Libc
             return -1;
         }
 
-        return read(fd, buffer, count);
+        return recv(fd, buffer, count, 0);
     }
 
     public static int Accept(int fd, byte* address, int* length)
@@ -49,7 +49,8 @@ internal static unsafe partial class Libc
 
     /// <summary>
     /// sendmsg(2) with MSG_NOSIGNAL over <paramref name="count"/> iovecs: writev's gather, but a peer that is gone
-    /// yields EPIPE instead of a SIGPIPE that would kill the process (send(2), "MSG_NOSIGNAL").
+    /// yields EPIPE instead of a SIGPIPE that would kill the process (send(2), "MSG_NOSIGNAL"). One iovec (a small
+    /// response) goes out with send(2), the same call without the message header.
     /// </summary>
     public static nint SendVectors(int fd, IOVector* vectors, int count, int flags = 0)
     {
@@ -76,6 +77,11 @@ internal static unsafe partial class Libc
             {
                 return SendTruncated(fd, vectors, count, allowed, flags);
             }
+        }
+
+        if (count == 1)
+        {
+            return send(fd, vectors->Base, vectors->Count, MSG_NOSIGNAL | flags);
         }
 
         MessageHeader header = default;
