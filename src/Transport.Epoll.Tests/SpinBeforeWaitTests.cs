@@ -153,12 +153,7 @@ public sealed class SpinBeforeWaitTests(ITestOutputHelper output)
         var others = new List<Socket>();
         try
         {
-            for (int i = 0; i < 8; i++)
-            {
-                Socket other = await Client.ConnectAsync(server.EndPoint);
-                others.Add(other);
-                await Exchange(other, "ping");
-            }
+            await ConnectAndExchange(server, 8, others);
 
             // Kestrel starts each connection on the thread pool, which hands the loop work: the loop may spin for the
             // next 64 turns. Past those, only back-to-back exchanges on the loop itself.
@@ -196,12 +191,7 @@ public sealed class SpinBeforeWaitTests(ITestOutputHelper output)
         var sockets = new List<Socket>();
         try
         {
-            for (int i = 0; i < 9; i++)
-            {
-                Socket socket = await Client.ConnectAsync(server.EndPoint);
-                sockets.Add(socket);
-                await Exchange(socket, "ping");
-            }
+            await ConnectAndExchange(server, 9, sockets);
 
             // Batches until the spin caught 20, for at most 10 s (a busy machine can turn spinning off for a while).
             var stopwatch = System.Diagnostics.Stopwatch.StartNew();
@@ -223,6 +213,18 @@ public sealed class SpinBeforeWaitTests(ITestOutputHelper output)
         finally
         {
             DisposeAll(sockets);
+        }
+    }
+
+    /// <summary>Opens <paramref name="count"/> connections into <paramref name="sockets"/>, one exchange on each, so
+    /// every one is set up on the loop before the test measures.</summary>
+    private static async Task ConnectAndExchange(TestServer server, int count, List<Socket> sockets)
+    {
+        for (int i = 0; i < count; i++)
+        {
+            Socket socket = await Client.ConnectAsync(server.EndPoint);
+            sockets.Add(socket);
+            await Exchange(socket, "ping");
         }
     }
 
