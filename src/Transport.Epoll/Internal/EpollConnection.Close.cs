@@ -24,8 +24,9 @@ internal sealed partial class EpollConnection
 
     private readonly CancellationTokenSource _connectionClosedTokenSource = new();
     /// <summary>Completes when both <see cref="CloseStep"/>s happened: the fd is closed and ConnectionClosed's callbacks
-    /// returned. One task for both (each is waited on only after the fd closed): one object less per connection.</summary>
-    private readonly TaskCompletionSource _closedAndCallbacksDone = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    /// returned. One task for both (each is waited on only after the fd closed): one object less per connection. Made
+    /// when first needed, at the close (<see cref="ClosedAndCallbacksDone"/>): an idle connection does not carry it.</summary>
+    private TaskCompletionSource? _closedAndCallbacksDone;
     private int _closeSteps;
     private EpollCloseReason _closeReason;
     private Exception? _closeError;
@@ -72,7 +73,7 @@ internal sealed partial class EpollConnection
         // closed its connections as it stopped. Closing the fd queued the ConnectionClosed cancellation on the thread
         // pool: its callbacks must also have run before the token source goes away, or they would be lost (Cancel on
         // a disposed source throws and runs nothing).
-        await _closedAndCallbacksDone.Task.ConfigureAwait(false);
+        await ClosedAndCallbacksDone.Task.ConfigureAwait(false);
 
         _connectionClosedTokenSource.Dispose();
         await base.DisposeAsync().ConfigureAwait(false);
@@ -359,7 +360,24 @@ internal sealed partial class EpollConnection
         int before = Interlocked.Or(ref _closeSteps, (int)step);
         if ((before | (int)step) == (int)CloseStep.All && before != (int)CloseStep.All)
         {
-            _closedAndCallbacksDone.TrySetResult();
+            ClosedAndCallbacksDone.TrySetResult();
+        }
+    }
+
+    /// <summary><see cref="_closedAndCallbacksDone"/>, made by whichever thread asks for it first (the loop
+    /// closing, DisposeAsync, the thread pool after ConnectionClosed's callbacks): all of them get the same one.</summary>
+    private TaskCompletionSource ClosedAndCallbacksDone
+    {
+        get
+        {
+            TaskCompletionSource? source = Volatile.Read(ref _closedAndCallbacksDone);
+            if (source is not null)
+            {
+                return source;
+            }
+
+            source = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            return Interlocked.CompareExchange(ref _closedAndCallbacksDone, source, null) ?? source;
         }
     }
 }

@@ -24,7 +24,7 @@ internal sealed partial class EpollConnection
     /// itself.
     /// </summary>
     private void FailFileJobAfterClose(SendFileJob job, Exception error)
-        => _ = _closedAndCallbacksDone.Task.ContinueWith(
+        => _ = ClosedAndCallbacksDone.Task.ContinueWith(
             static (_, state) =>
             {
                 var (job, error) = ((SendFileJob, Exception))state!;
