@@ -85,7 +85,7 @@ public sealed class ColdFileTests(ITestOutputHelper output, TestFiles files) : I
         Assert.Equal(size, metrics.GetValueOrDefault("epoll.sendfile.bytes"));
         if (cacheStat)
         {
-            // Residency now as well: if the kernel dropped pages of the file meanwhile, the message says so.
+            // With the file's residency after the download: if the kernel dropped some of its pages meanwhile, the message says so.
             var (residentAfter, totalAfter) = PageCache.Count(path);
             Assert.True(offloads == 0, $"{kernel}: {offloads} slices of a file wholly in the page cache went to a worker ({residentAfter} of {totalAfter} pages resident after the download, mincore).");
         }

@@ -367,17 +367,7 @@ internal sealed partial class EpollConnection
     /// <summary><see cref="_closedAndCallbacksDone"/>, made by whichever thread asks for it first (the loop
     /// closing, DisposeAsync, the thread pool after ConnectionClosed's callbacks): all of them get the same one.</summary>
     private TaskCompletionSource ClosedAndCallbacksDone
-    {
-        get
-        {
-            TaskCompletionSource? source = Volatile.Read(ref _closedAndCallbacksDone);
-            if (source is not null)
-            {
-                return source;
-            }
-
-            source = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-            return Interlocked.CompareExchange(ref _closedAndCallbacksDone, source, null) ?? source;
-        }
-    }
+        => LazyInitializer.EnsureInitialized(
+            ref _closedAndCallbacksDone,
+            static () => new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously));
 }
