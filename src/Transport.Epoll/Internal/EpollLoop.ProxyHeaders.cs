@@ -18,7 +18,9 @@ internal sealed partial class EpollLoop
 
     public void AwaitProxyHeader(ProxyHeaderState state)
     {
-        state.Deadline = Now + state.Endpoint.HeaderTimeoutMs;
+        // The clock now, not the turn's start (Now): accept4 takes every pending connection in one turn, so one that
+        // arrived late in a long turn would otherwise be closed before its timeout had passed.
+        state.Deadline = Environment.TickCount64 + state.Endpoint.HeaderTimeoutMs;
         state.NextAwaiting = _awaitingProxyHeaders;
         if (_awaitingProxyHeaders is not null)
         {
