@@ -267,8 +267,9 @@ public sealed class ProxyHeaderTests(ITestOutputHelper output)
         foreach (byte[] prefix in new[] { Array.Empty<byte>(), V1("PROXY TCP4 1.2.3.4"), V2Tcp(Client4, Server4)[..20] })
         {
             int before = server.Rejections.Count;
-            using var socket = await Client.ConnectAsync(server.EndPoint);
+            // Started before the connect: the server's clock for the header starts at the accept, after the handshake.
             var started = System.Diagnostics.Stopwatch.StartNew();
+            using var socket = await Client.ConnectAsync(server.EndPoint);
             await socket.SendAllAsync(prefix);
             Assert.Equal(0, await ProxyProtocolServer.ReceiveUntilClosedAsync(socket));
             Assert.True(started.Elapsed >= timeout - TimeSpan.FromMilliseconds(20), $"Closed after {started.ElapsedMilliseconds} ms, before the {timeout.TotalMilliseconds} ms timeout.");
